@@ -1,0 +1,3 @@
+from crowdtrain.cli.app import entry_point
+
+entry_point()

@@ -1,0 +1,3 @@
+"""Averaging policy on top of hivemind's averagers (adaptive groups, compression, robust
+aggregation, low-communication mode). The vertical slice uses hivemind.Optimizer's defaults,
+configured in :mod:`crowdtrain.swarm.optimizer`."""

@@ -1,0 +1,99 @@
+"""``crowdtrain coordinator``: start a run, print the join command, log global progress."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
+                                   network_from_args, setup_logging, timeouts_from_args)
+from crowdtrain.config import CoordinatorConfig
+from crowdtrain.dht.node import preferred_address
+from crowdtrain.errors import UsageError
+from crowdtrain.swarm.coordinator import CoordinatorReady, run_coordinator
+from crowdtrain.trainers import RECIPES
+
+HELP = "start a collaborative run and watch it"
+logger = logging.getLogger("crowdtrain.coordinator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("run")
+    run.add_argument("--recipe", default="albert-tiny", help=f"workload: {', '.join(sorted(RECIPES))}")
+    run.add_argument("--target-batch-size", type=int, default=256,
+                     help="samples the swarm accumulates per optimizer step (one global epoch)")
+    run.add_argument("--max-epochs", type=int, default=0, help="stop the run at this global epoch (0: never)")
+    run.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON",
+                     help="override a recipe hyper-parameter, e.g. --hparam lr=0.002 (repeatable)")
+    run.add_argument("--run-dir", type=Path, default=None,
+                     help="where the run's configuration and assets are kept (default: user data dir)")
+    add_timeout_options(parser)
+    add_network_options(parser)
+    parser.add_argument("--initial-peers", action="append", default=[], metavar="ADDRESS",
+                        help="join an existing swarm (e.g. to resume coordinating from another machine)")
+    parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
+    parser.add_argument("--history", type=Path, default=None, metavar="PATH",
+                        help="append each status document as a JSON line to PATH")
+
+
+def parse_hparams(items: list[str]) -> dict:
+    hparams = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--hparam expects KEY=VALUE, got {item!r}")
+        try:
+            hparams[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            hparams[key] = raw
+    return hparams
+
+
+def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
+    identity_path = args.identity
+    try:
+        return CoordinatorConfig(
+            network=network_from_args(args, args.initial_peers, identity_path),
+            recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
+            timeouts=timeouts_from_args(args), hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
+            log_interval=args.log_interval)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _print_ready(ready: CoordinatorReady, loopback: bool) -> None:
+    address = preferred_address(ready.addresses)
+    verb = "resumed" if ready.resumed else "started"
+    extra = " --loopback" if loopback else ""
+    print(f"{verb} run {ready.run.run_id} (recipe {ready.run.recipe}, target batch {ready.run.target_batch_size})")
+    print(f"coordinator address: {address}")
+    print(f"volunteers join with:\n  crowdtrain join {address}{extra}", flush=True)
+
+
+def _status_line(status: dict) -> str:
+    loss = "-" if status["loss"] is None else f"{status['loss']:.3f}"
+    return (f"epoch {status['global_epoch']} | peers {len(status['peers'])} | "
+            f"{status['samples_per_second']:.1f} samples/s | loss {loss}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from crowdtrain.trainers import get_recipe
+
+    get_recipe(args.recipe)  # unknown recipe: fail before starting anything
+    setup_logging(args.verbose, "coordinator")
+    config = config_from_args(args)
+    identity = load_identity(args.identity, "coordinator")
+    config.network.identity_path = identity.path
+    stop = StopSignal()
+
+    def on_status(status: dict) -> None:
+        logger.info(_status_line(status))
+        if args.history:
+            with open(args.history, "a") as f:
+                f.write(json.dumps(status) + "\n")
+
+    run_coordinator(config, identity, stop.event, lambda r: _print_ready(r, args.loopback), on_status)
+    print("coordinator stopped", file=sys.stderr)
+    return 0

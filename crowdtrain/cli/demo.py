@@ -1,0 +1,115 @@
+"""``crowdtrain demo``: a whole swarm on this machine, on built-in data; prints what happened."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from crowdtrain.cli.common import StopSignal, setup_logging
+from crowdtrain.config import DEFAULT_DEMO_PROFILES, DemoConfig, VolunteerProfile
+from crowdtrain.errors import UsageError
+from crowdtrain.swarm.progress import ProgressLine
+from crowdtrain.swarm.summary import format_summary, load_reports, plot_summary, summarize
+from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
+
+HELP = "run a coordinator and volunteers of different speeds on this machine"
+logger = logging.getLogger("crowdtrain.demo")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of training (default 120)")
+    parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
+                        help="number of volunteers (speeds cycle fast / medium / slow)")
+    parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
+    parser.add_argument("--out-dir", type=Path, default=Path("demo-out"), help="logs, reports and plot go here")
+    parser.add_argument("--json", type=Path, default=None, dest="json_path", help="write the summary as JSON")
+    parser.add_argument("--plot", type=Path, default=None, dest="plot_path",
+                        help="loss-over-time PNG (default OUT_DIR/loss.png)")
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    if args.volunteers < 1:
+        raise UsageError("--volunteers must be at least 1")
+    profiles = tuple(
+        VolunteerProfile(name=f"{p.name}{i // len(DEFAULT_DEMO_PROFILES) or ''}", batch_size=p.batch_size,
+                         throttle=p.throttle)
+        for i, p in ((i, DEFAULT_DEMO_PROFILES[i % len(DEFAULT_DEMO_PROFILES)]) for i in range(args.volunteers)))
+    return DemoConfig(duration=args.duration, out_dir=args.out_dir, json_path=args.json_path,
+                      plot_path=args.plot_path, target_batch_size=args.target_batch_size, profiles=profiles)
+
+
+def _coordinator_args(config: DemoConfig) -> list[str]:
+    return ["--recipe", config.recipe, "--target-batch-size", str(config.target_batch_size),
+            "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "15",
+            "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
+            "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl")]
+
+
+def _volunteer_args(profile: VolunteerProfile) -> list[str]:
+    return ["--batch-size", str(profile.batch_size), "--throttle", str(profile.throttle), "--evaluate",
+            "--progress-interval", "1000"]
+
+
+def _last_status(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    lines = path.read_text().strip().splitlines()
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _watch(config: DemoConfig, volunteers: list[PeerProcess], stop: StopSignal) -> float:
+    """Show live progress until the duration is over; returns seconds trained."""
+    progress = ProgressLine(interval=5.0)
+    started = time.monotonic()
+    while not stop.event.wait(0.5):
+        elapsed = time.monotonic() - started
+        if elapsed >= config.duration:
+            break
+        status = _last_status(config.out_dir / "history.jsonl")
+        if status is not None:
+            loss = "-" if status["loss"] is None else f"{status['loss']:.3f}"
+            progress.update(f"[{elapsed:5.0f}/{config.duration:.0f} s] global epoch {status['global_epoch']} | "
+                            f"peers {len(status['peers'])} | {status['samples_per_second']:.0f} samples/s | loss {loss}")
+        dead = [v.name for v in volunteers if not v.alive]
+        if dead:
+            progress.close()
+            raise UsageError(f"volunteer {dead[0]} exited early; see {config.out_dir / (dead[0] + '.log')}")
+    progress.close()
+    return time.monotonic() - started
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    setup_logging(args.verbose, "demo")
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*config.out_dir.glob("*.report.json"), config.out_dir / "history.jsonl"]:
+        stale.unlink(missing_ok=True)
+    stop = StopSignal()
+    with LocalSwarm(config.out_dir) as swarm:
+        logger.info("starting the coordinator (trains the tokenizer) ...")
+        coordinator, address = swarm.start_coordinator(_coordinator_args(config))
+        logger.info(f"coordinator up at {address}; starting {len(config.profiles)} volunteers")
+        volunteers = [swarm.start_volunteer(p.name, [address], _volunteer_args(p)) for p in config.profiles]
+        duration = _watch(config, volunteers, stop)
+        logger.info("time is up: volunteers evaluate and leave ...")
+        swarm.stop_all(volunteers, timeout=60.0)
+        swarm.stop(coordinator)
+    if stop.event.is_set():
+        logger.warning("demo interrupted: all its processes were stopped")
+    reports = load_reports([v.report_path for v in volunteers])
+    if not reports:
+        raise UsageError(f"no volunteer wrote a report; see the logs in {config.out_dir}")
+    summary = summarize(reports, duration)
+    print(format_summary(summary))
+    plot_path = config.plot_path or config.out_dir / "loss.png"
+    plot_summary(reports, plot_path)
+    print(f"loss plot: {plot_path}")
+    if config.json_path:
+        config.json_path.write_text(json.dumps(summary, indent=2))
+        print(f"summary JSON: {config.json_path}")
+    return 130 if stop.event.is_set() else 0

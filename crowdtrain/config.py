@@ -1,0 +1,244 @@
+"""Typed configuration: what each command needs, validated where it is built.
+
+Configuration flows one way: command line / TOML file -> these dataclasses -> components.
+:class:`RunConfig` is the swarm-wide document the coordinator signs and every volunteer verifies;
+the other classes are local to one process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from crowdtrain.errors import RunConfigError, UsageError
+
+RUN_CONFIG_VERSION = 1
+LOOPBACK = "127.0.0.1"
+
+
+def _require(condition: bool, name: str, message: str, error: type[Exception] = ValueError) -> None:
+    if not condition:
+        raise error(f"{name}: {message}")
+
+
+@dataclass(kw_only=True)
+class Timeouts:
+    """Swarm-wide default timeouts (seconds), carried by the run configuration."""
+
+    matchmaking_time: float = 3.0
+    "How long a peer waits to gather an averaging group before starting all-reduce."
+    averaging_timeout: float = 30.0
+    "Give up an averaging round after this long and continue with local progress."
+    load_state_timeout: float = 60.0
+    "Give up downloading the current state from one donor after this long."
+    request_timeout: float = 1.0
+    "Timeout of one matchmaking request (must stay below matchmaking_time)."
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                     f"timeouts.{f.name}", f"must be a positive number of seconds, got {value!r}")
+        _require(self.request_timeout < self.matchmaking_time, "timeouts.request_timeout",
+                 "must be below matchmaking_time")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The signed, versioned description of one collaborative run; identical on every peer."""
+
+    run_id: str
+    "Bound to the coordinator's key: ``run-`` + the first 16 hex digits of sha256(public key)."
+    recipe: str
+    hparams: dict[str, Any]
+    dataset: dict[str, Any]
+    assets_sha256: str
+    "sha256 of the recipe's assets (the tokenizer for ALBERT); volunteers verify what they receive."
+    assets_size: int
+    assets_chunks: int
+    target_batch_size: int
+    "Samples the whole swarm accumulates before one optimizer step (one global epoch)."
+    max_epochs: int = 0
+    "Volunteers stop cleanly when the run reaches this global epoch; 0 means no limit."
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    created_at: float = 0.0
+    version: int = RUN_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timeouts, Mapping):
+            self.timeouts = Timeouts(**self.timeouts)
+        _require(self.version == RUN_CONFIG_VERSION, "version",
+                 f"unsupported run configuration version {self.version} (this crowdtrain reads {RUN_CONFIG_VERSION})")
+        _require(isinstance(self.run_id, str) and self.run_id.startswith("run-"), "run_id", "must start with 'run-'")
+        _require(isinstance(self.recipe, str) and self.recipe != "", "recipe", "must be a non-empty string")
+        _require(isinstance(self.hparams, dict), "hparams", "must be a table")
+        _require(isinstance(self.dataset, dict) and "kind" in self.dataset, "dataset", "must be a table with 'kind'")
+        _require(isinstance(self.assets_sha256, str) and len(self.assets_sha256) == 64, "assets_sha256",
+                 "must be a sha256 hex digest")
+        _require(isinstance(self.assets_size, int) and 0 <= self.assets_size <= 16 * 2**20, "assets_size",
+                 "must be between 0 and 16 MiB")
+        _require(isinstance(self.assets_chunks, int) and 0 <= self.assets_chunks <= 1024, "assets_chunks",
+                 "must be between 0 and 1024")
+        _require(isinstance(self.target_batch_size, int) and self.target_batch_size > 0, "target_batch_size",
+                 "must be a positive integer")
+        _require(isinstance(self.max_epochs, int) and self.max_epochs >= 0, "max_epochs",
+                 "must be a non-negative integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        """Parse and validate; raises :class:`RunConfigError` with a one-line reason."""
+        if not isinstance(data, Mapping):
+            raise RunConfigError("run configuration must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunConfigError(f"run configuration has unknown fields: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise RunConfigError(f"invalid run configuration: {e}") from None
+
+
+@dataclass(kw_only=True)
+class NetworkConfig:
+    """How this process joins the DHT."""
+
+    initial_peers: list[str] = field(default_factory=list)
+    "Full multiaddrs of peers already in the swarm (empty for the first peer)."
+    host: str = "0.0.0.0"
+    port: int = 0
+    "TCP port to listen on; 0 picks a free one."
+    announce_host: Optional[str] = None
+    "Public IP to advertise instead of the listening address (for peers behind port forwarding)."
+    nat_port_map: bool = True
+    "Ask the home router for a port mapping (UPnP / NAT-PMP). Off for demo, tests and loopback."
+    client_mode: bool = False
+    "Do not accept incoming connections (for peers behind NAT); still contributes gradients."
+    identity_path: Optional[Path] = None
+    "Key file holding this peer's libp2p identity and record-signing key (created if missing)."
+    startup_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}", UsageError)
+        _require(self.startup_timeout > 0, "startup_timeout", "must be positive", UsageError)
+        if self.identity_path is not None:
+            self.identity_path = Path(self.identity_path)
+
+    @classmethod
+    def loopback(cls, **overrides: Any) -> "NetworkConfig":
+        """Network hygiene for demo, tests and benchmarks: bind 127.0.0.1, no port mapping."""
+        return cls(host=LOOPBACK, nat_port_map=False, **overrides)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "crowdtrain"
+
+
+@dataclass(kw_only=True)
+class CoordinatorConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    recipe: str = "albert-tiny"
+    target_batch_size: int = 256
+    max_epochs: int = 0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    "Overrides of the recipe's default hyper-parameters."
+    dataset: Optional[dict[str, Any]] = None
+    "Dataset spec; None uses the recipe's built-in default."
+    run_dir: Optional[Path] = None
+    "Where the run's configuration and assets are kept so a restart continues the same run."
+    log_interval: float = 5.0
+    republish_interval: float = 20.0
+
+    def __post_init__(self) -> None:
+        _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)
+        _require(self.max_epochs >= 0, "max_epochs", "must be >= 0", UsageError)
+        _require(self.log_interval > 0, "log_interval", "must be positive", UsageError)
+
+
+@dataclass(kw_only=True)
+class VolunteerConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    run_id: Optional[str] = None
+    "Which run to join when the swarm hosts several; None joins the only one."
+    name: str = ""
+    "Volunteer name shown in status and on the leaderboard."
+    batch_size: int = 8
+    "Micro-batch size (samples per local step)."
+    throttle: float = 0.0
+    "Sleep this multiple of each step's compute time: emulates slower hardware in demos."
+    threads: int = 1
+    "torch CPU threads."
+    evaluate: bool = False
+    "Evaluate the held-out metric at start and at exit."
+    report_path: Optional[Path] = None
+    "Write a JSON report of this volunteer's contribution at exit."
+    export_path: Optional[Path] = None
+    "Save the final model parameters (torch state dict) at exit."
+    discovery_timeout: float = 30.0
+    publish_interval: float = 2.0
+    progress_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "batch_size", "must be positive", UsageError)
+        _require(self.throttle >= 0, "throttle", "must be >= 0", UsageError)
+        _require(self.threads > 0, "threads", "must be positive", UsageError)
+        _require(len(self.name) <= 64, "name", "must be at most 64 characters", UsageError)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file; raises :class:`UsageError` with a one-line reason."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path} is not valid TOML: {e}") from None
+
+
+@dataclass(frozen=True)
+class VolunteerProfile:
+    """A simulated volunteer of the demo: its micro-batch and how much slower than this CPU it is."""
+
+    name: str
+    batch_size: int
+    throttle: float
+
+
+DEFAULT_DEMO_PROFILES = (
+    VolunteerProfile(name="fast", batch_size=16, throttle=0.0),
+    VolunteerProfile(name="medium", batch_size=8, throttle=0.5),
+    VolunteerProfile(name="slow", batch_size=4, throttle=2.0),
+)
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    duration: float = 120.0
+    "Seconds of training once the volunteers have started."
+    out_dir: Path = Path("demo-out")
+    json_path: Optional[Path] = None
+    plot_path: Optional[Path] = None
+    recipe: str = "albert-tiny"
+    target_batch_size: int = 128
+    matchmaking_time: float = 2.0
+    profiles: tuple[VolunteerProfile, ...] = DEFAULT_DEMO_PROFILES
+
+    def __post_init__(self) -> None:
+        _require(self.duration > 0, "duration", "must be positive", UsageError)
+        _require(len(self.profiles) >= 1, "volunteers", "must be at least 1", UsageError)
+        _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)
+        self.out_dir = Path(self.out_dir)

@@ -1,0 +1,155 @@
+"""Every DHT record type of crowdtrain: keys, schemas, typed values, validation on read.
+
+Records are owner-protected: their subkey holds the owner's ``[owner:<public key>]`` marker, so
+hivemind's :class:`RSASignatureValidator` rejects anyone else's writes; the pydantic schemas below
+reject wrong types at the DHT layer; the ``from_value`` parsers reject impossible values on read.
+
+Keys (``R`` = run id):
+- ``crowdtrain_runs``: subkey coordinator -> :class:`RunAnnouncement` (which runs this swarm hosts).
+- ``R_config``: subkey coordinator -> signed run configuration (see :mod:`crowdtrain.dht.signing`).
+- ``R_assets<i>``: subkey coordinator -> chunk ``i`` of the recipe assets (checked by sha256).
+- ``R_peers``: subkey peer -> :class:`PeerRecord` (progress of one peer).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
+from pydantic.v1 import BaseModel, StrictBytes, StrictFloat, StrictInt, StrictStr, confloat, conint, constr
+
+DIRECTORY_PREFIX = "crowdtrain"
+RUNS_KEY = f"{DIRECTORY_PREFIX}_runs"
+ROLES = ("full", "client", "aux")
+MAX_CLOCK_SKEW = 60.0
+MAX_SAMPLES = 10**13
+MAX_SAMPLES_PER_SECOND = 10**7
+ASSET_CHUNK_BYTES = 4 * 1024  # hivemind DHT process reads its command pipe non-blocking: big messages break it
+
+RUN_RECORD_TTL = 300.0
+PEER_RECORD_TTL = 20.0
+
+
+class RecordError(ValueError):
+    """A record read from the DHT is malformed or impossible."""
+
+
+def config_key(run_id: str) -> str:
+    return f"{run_id}_config"
+
+
+def asset_key(run_id: str, index: int) -> str:
+    return f"{run_id}_assets{index}"
+
+
+def peers_key(run_id: str) -> str:
+    return f"{run_id}_peers"
+
+
+class _RunAnnouncementSchema(BaseModel):
+    run_id: constr(strict=True, regex=r"^run-[0-9a-f]{16}$")
+    recipe: constr(strict=True, max_length=64)
+    created_at: StrictFloat
+
+
+class _DirectorySchema(BaseModel):
+    runs: Dict[BytesWithPublicKey, _RunAnnouncementSchema]
+
+
+class _SignedDocumentSchema(BaseModel):
+    body: StrictBytes
+    public_key: StrictBytes
+    signature: StrictBytes
+
+
+class _PeerSchema(BaseModel):
+    peer_id: constr(strict=True, max_length=128)
+    name: constr(strict=True, max_length=64)
+    role: constr(strict=True, regex="^(full|client|aux)$")
+    address: constr(strict=True, max_length=512)
+    samples: conint(strict=True, ge=0, le=MAX_SAMPLES)
+    samples_per_second: confloat(strict=True, ge=0, le=MAX_SAMPLES_PER_SECOND)
+    loss: Optional[StrictFloat]
+    epoch: conint(strict=True, ge=0)
+    device: constr(strict=True, max_length=64)
+    time: StrictFloat
+
+
+class _RunSchema(BaseModel):
+    config: Dict[BytesWithPublicKey, _SignedDocumentSchema]
+    peers: Dict[BytesWithPublicKey, _PeerSchema]
+
+
+def directory_validator() -> SchemaValidator:
+    return SchemaValidator(_DirectorySchema, prefix=DIRECTORY_PREFIX)
+
+
+def run_validator(run_id: str) -> SchemaValidator:
+    return SchemaValidator(_RunSchema, prefix=run_id)
+
+
+@dataclass(frozen=True)
+class RunAnnouncement:
+    run_id: str
+    recipe: str
+    created_at: float
+
+    def to_value(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_value(cls, value: Any) -> "RunAnnouncement":
+        try:
+            parsed = _RunAnnouncementSchema.parse_obj(value)
+        except Exception as e:
+            raise RecordError(f"malformed run announcement: {e}") from None
+        return cls(**parsed.dict())
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """What one training peer tells the swarm about itself, refreshed every few seconds."""
+
+    peer_id: str
+    name: str
+    role: str
+    address: str
+    samples: int
+    "Samples this peer has processed since it joined."
+    samples_per_second: float
+    loss: Optional[float]
+    "Recent mean training loss; None before the first step."
+    epoch: int
+    "The global epoch this peer is at."
+    device: str
+    time: float
+
+    def to_value(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["samples_per_second"] = float(self.samples_per_second)
+        value["loss"] = None if self.loss is None else float(self.loss)
+        value["time"] = float(self.time)
+        return value
+
+    @classmethod
+    def from_value(cls, value: Any, now: Optional[float] = None) -> "PeerRecord":
+        try:
+            parsed = _PeerSchema.parse_obj(value)
+        except Exception as e:
+            raise RecordError(f"malformed peer record: {e}") from None
+        record = cls(**parsed.dict())
+        now = time.time() if now is None else now
+        if not math.isfinite(record.time) or record.time > now + MAX_CLOCK_SKEW:
+            raise RecordError(f"peer record of {record.peer_id} is timestamped in the future")
+        if record.loss is not None and not math.isfinite(record.loss):
+            raise RecordError(f"peer record of {record.peer_id} has a non-finite loss")
+        return record
+
+
+def subkey_values(entry: Any) -> dict[Any, Any]:
+    """Unwrap hivemind's ``{subkey: ValueWithExpiration}`` dictionary record; {} if absent."""
+    if entry is None or not isinstance(entry.value, Mapping):
+        return {}
+    return {subkey: item.value for subkey, item in entry.value.items()}

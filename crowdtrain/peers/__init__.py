@@ -1,0 +1,8 @@
+"""Peers: who a peer is.
+
+- ``identity.py``: :class:`Identity`, one key file holding a peer's libp2p identity and the key that
+  signs its DHT records (the same RSA key, in libp2p's protobuf format, so p2pd reads it directly).
+"""
+from crowdtrain.peers.identity import Identity, IdentityError
+
+__all__ = ["Identity", "IdentityError"]

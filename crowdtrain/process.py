@@ -1,0 +1,70 @@
+"""Process hygiene: helper processes die with the process that started them.
+
+hivemind forks a DHT process and averager processes; if our main process is SIGKILLed they would
+live on as orphans and keep advertising stale state. On Linux, every child forked by this process
+asks the kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere a watchdog
+thread in the child polls its parent pid.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+import time
+
+_PR_SET_PDEATHSIG = 1
+_installed = False
+_forking_pid = 0
+
+
+def _set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+def _watch_parent(parent_pid: int, period: float = 1.0) -> None:
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _before_fork() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    parent_pid = _forking_pid
+    if sys.platform.startswith("linux") and _set_parent_death_signal():
+        if os.getppid() != parent_pid:  # parent died between fork and prctl
+            os._exit(1)
+        return
+    _watch_parent(parent_pid)
+
+
+def die_with_parent_in_forked_children() -> None:
+    """Make every process forked from now on die when the forking process dies (idempotent).
+
+    Call from the main thread before creating hivemind objects: the kernel signal fires when the
+    *forking thread* exits.
+    """
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def die_with_parent() -> None:
+    """For a child started with subprocess: ask to be killed when the parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        _set_parent_death_signal(signal.SIGTERM)

@@ -1,0 +1,11 @@
+"""The collaboration.
+
+- ``coordinator.py``: create / resume a run, keep it published, report global progress.
+- ``discovery.py``: a volunteer finds the run and receives its verified configuration and assets.
+- ``volunteer.py``: one volunteer (DHT + recipe + swarm optimizer + training loop), its report.
+- ``optimizer.py``: the hivemind.Optimizer with the run's knobs.
+- ``training.py``: the local training step and local statistics.
+- ``status.py``: the run's status document (``crowdtrain status --json``).
+- ``summary.py``: the demo's summary table, JSON and plot.
+- ``progress.py``: the live progress line.
+"""

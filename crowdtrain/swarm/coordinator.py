@@ -1,0 +1,130 @@
+"""The coordinator: creates (or resumes) a run, keeps it published, watches global progress.
+
+It holds no training state: the swarm is the source of truth. Its run directory keeps the signed
+configuration's content and the recipe assets so that a restart with the same identity continues
+the same run with the same tokenizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
+from crowdtrain.dht.node import start_dht, visible_addresses
+from crowdtrain.dht.publish import publish_run, split_assets
+from crowdtrain.dht.records import run_validator
+from crowdtrain.dht.signing import run_id_for
+from crowdtrain.errors import UsageError
+from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.status import swarm_status
+from crowdtrain.trainers import get_recipe
+
+logger = logging.getLogger(__name__)
+RUN_FILE, ASSETS_FILE = "run.json", "assets.bin"
+
+
+@dataclass(frozen=True)
+class CoordinatorReady:
+    run: RunConfig
+    addresses: list[str]
+    resumed: bool
+
+
+def run_directory(config: CoordinatorConfig, run_id: str) -> Path:
+    return Path(config.run_dir) if config.run_dir else default_data_dir() / "runs" / run_id
+
+
+def _load_saved(run_dir: Path, run_id: str) -> Optional[tuple[RunConfig, bytes]]:
+    run_file, assets_file = run_dir / RUN_FILE, run_dir / ASSETS_FILE
+    if not run_file.exists() or not assets_file.exists():
+        return None
+    run = RunConfig.from_dict(json.loads(run_file.read_text()))
+    assets = assets_file.read_bytes()
+    if run.run_id != run_id or hashlib.sha256(assets).hexdigest() != run.assets_sha256:
+        raise UsageError(f"run directory {run_dir} belongs to another run or is corrupt; pass another --run-dir")
+    return run, assets
+
+
+def _save(run_dir: Path, run: RunConfig, assets: bytes) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in ((ASSETS_FILE, assets), (RUN_FILE, json.dumps(run.to_dict(), indent=2).encode())):
+        tmp = run_dir / (name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(run_dir / name)
+
+
+def _hparams(config: CoordinatorConfig) -> dict[str, Any]:
+    defaults = get_recipe(config.recipe).default_hparams()
+    unknown = sorted(set(config.hparams) - set(defaults))
+    if unknown:
+        raise UsageError(f"unknown hyper-parameters for {config.recipe}: {', '.join(unknown)}")
+    return {**defaults, **config.hparams}
+
+
+def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
+    recipe = get_recipe(config.recipe)
+    hparams = _hparams(config)
+    dataset = config.dataset or recipe.default_dataset()
+    logger.info(f"building assets of {config.recipe} (tokenizer) ...")
+    assets = recipe.build_assets(hparams, dataset)
+    run = RunConfig(
+        run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
+        assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
+        assets_chunks=len(split_assets(assets)), target_batch_size=config.target_batch_size,
+        max_epochs=config.max_epochs, timeouts=config.timeouts, created_at=time.time(),
+    )
+    return run, assets
+
+
+def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfig, bytes, bool]:
+    """(run configuration, assets, resumed?): resumes the identity's saved run if there is one.
+
+    On resume, recipe, hyper-parameters, data and assets stay; batch size, epochs and timeouts
+    follow the new command line.
+    """
+    run_id = run_id_for(identity.public_key)
+    run_dir = run_directory(config, run_id)
+    saved = _load_saved(run_dir, run_id)
+    if saved is not None:
+        run, assets = saved
+        if run.recipe != config.recipe:
+            raise UsageError(f"this identity already coordinates run {run_id} with recipe {run.recipe}; "
+                             f"use another --identity to start a {config.recipe} run")
+        run = dataclasses.replace(run, target_batch_size=config.target_batch_size, max_epochs=config.max_epochs,
+                                  timeouts=config.timeouts, created_at=time.time())
+    else:
+        run, assets = _new_run(config, run_id)
+    _save(run_dir, run, assets)
+    return run, assets, saved is not None
+
+
+def run_coordinator(
+    config: CoordinatorConfig,
+    identity: Identity,
+    stop: threading.Event,
+    on_ready: Callable[[CoordinatorReady], None],
+    on_status: Callable[[dict[str, Any]], None],
+) -> None:
+    """Publish the run and report its status every ``log_interval`` seconds until ``stop`` is set."""
+    run, assets, resumed = prepare_run(config, identity)
+    dht = start_dht(config.network, identity)
+    try:
+        dht.add_validators([run_validator(run.run_id)])
+        if not publish_run(dht, identity, run, assets):
+            logger.warning("some run records were not stored yet; retrying at the next republish")
+        on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))
+        last_publish = time.monotonic()
+        while not stop.wait(config.log_interval):
+            if time.monotonic() - last_publish >= config.republish_interval:
+                publish_run(dht, identity, run, assets)
+                last_publish = time.monotonic()
+            on_status(swarm_status(dht, run))
+    finally:
+        dht.shutdown()

@@ -1,0 +1,72 @@
+"""A volunteer finds the run in the swarm and receives its verified configuration and assets."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import hivemind
+
+from crowdtrain.config import RunConfig
+from crowdtrain.dht.publish import read_assets, read_run_config, read_runs
+from crowdtrain.dht.records import run_validator
+from crowdtrain.errors import NetworkError, UsageError
+
+logger = logging.getLogger(__name__)
+POLL_PERIOD = 0.5
+
+
+@dataclass(frozen=True)
+class JoinedRun:
+    config: RunConfig
+    assets: bytes
+
+
+class RunNotFoundError(NetworkError):
+    """No run was announced in the swarm within the discovery timeout."""
+
+
+def _wait_for(fetch, timeout: float, stop: Optional[threading.Event]):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if result is not None or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            return result
+        time.sleep(POLL_PERIOD)
+
+
+def choose_run_id(dht: hivemind.DHT, wanted: Optional[str], timeout: float,
+                  stop: Optional[threading.Event] = None) -> str:
+    def fetch():
+        runs = read_runs(dht)
+        if wanted is not None:
+            return wanted if any(r.run_id == wanted for r in runs) else None
+        return runs or None
+
+    found = _wait_for(fetch, timeout, stop)
+    if found is None:
+        what = f"run {wanted}" if wanted else "any run"
+        raise RunNotFoundError(f"found no {what} in the swarm within {timeout:.0f} s")
+    if isinstance(found, str):
+        return found
+    if len({r.run_id for r in found}) > 1:
+        names = ", ".join(f"{r.run_id} ({r.recipe})" for r in found)
+        raise UsageError(f"the swarm hosts several runs: {names}; choose one with --run-id")
+    return found[0].run_id
+
+
+def join_run(dht: hivemind.DHT, wanted: Optional[str], timeout: float,
+             stop: Optional[threading.Event] = None) -> JoinedRun:
+    """Find the run, verify its signed configuration and fetch its assets (tokenizer)."""
+    run_id = choose_run_id(dht, wanted, timeout, stop)
+    dht.add_validators([run_validator(run_id)])
+    config = _wait_for(lambda: read_run_config(dht, run_id), timeout, stop)
+    if config is None:
+        raise RunNotFoundError(f"run {run_id} is announced but its configuration was not found within {timeout:.0f} s")
+    assets = _wait_for(lambda: read_assets(dht, config), timeout, stop)
+    if assets is None:
+        raise RunNotFoundError(f"the assets of run {run_id} were not found within {timeout:.0f} s")
+    logger.info(f"joined run {run_id}: recipe {config.recipe}, target batch {config.target_batch_size}")
+    return JoinedRun(config=config, assets=assets)

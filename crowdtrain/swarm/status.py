@@ -1,0 +1,70 @@
+"""The run's state as read from the DHT: the document of ``crowdtrain status --json``."""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import hivemind
+
+from crowdtrain.config import RunConfig
+from crowdtrain.dht.publish import read_peers
+from crowdtrain.dht.records import PeerRecord
+
+
+def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
+    return {
+        "peer_id": record.peer_id,
+        "name": record.name,
+        "role": record.role,
+        "address": record.address,
+        "samples_per_second": round(record.samples_per_second, 3),
+        "samples": record.samples,
+        "last_seen_s": round(max(0.0, now - record.time), 3),
+        "epoch": record.epoch,
+        "loss": record.loss,
+        "device": record.device,
+    }
+
+
+def _mean_loss(records: list[PeerRecord]) -> Optional[float]:
+    weighted = [(r.loss, max(r.samples_per_second, 1e-9)) for r in records if r.loss is not None]
+    if not weighted:
+        return None
+    return sum(loss * w for loss, w in weighted) / sum(w for _, w in weighted)
+
+
+def swarm_status(dht: hivemind.DHT, run: RunConfig, now: Optional[float] = None) -> dict[str, Any]:
+    """``samples`` counts samples folded into the model: completed global epochs x target batch."""
+    now = time.time() if now is None else now
+    peers = read_peers(dht, run.run_id)
+    global_epoch = max((r.epoch for r in peers.records), default=0)
+    return {
+        "run_id": run.run_id,
+        "recipe": run.recipe,
+        "global_epoch": global_epoch,
+        "max_epochs": run.max_epochs,
+        "target_batch_size": run.target_batch_size,
+        "samples": global_epoch * run.target_batch_size,
+        "samples_per_second": round(sum(r.samples_per_second for r in peers.records), 3),
+        "loss": _mean_loss(peers.records),
+        "peers": [_peer_entry(r, now) for r in peers.records],
+        "rejected_records": peers.rejected,
+        "time": now,
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Human-readable table of a status document."""
+    loss = "-" if status["loss"] is None else f"{status['loss']:.3f}"
+    lines = [
+        f"run {status['run_id']}  recipe {status['recipe']}  epoch {status['global_epoch']}"
+        f"{'/' + str(status['max_epochs']) if status['max_epochs'] else ''}  "
+        f"samples {status['samples']}  {status['samples_per_second']:.1f} samples/s  loss {loss}",
+        f"{'peer':<14}{'name':<16}{'role':<8}{'epoch':>6}{'samples':>10}{'samples/s':>11}{'seen':>7}",
+    ]
+    for p in status["peers"]:
+        lines.append(f"{p['peer_id'][-12:]:<14}{p['name'][:15]:<16}{p['role']:<8}{p['epoch']:>6}"
+                     f"{p['samples']:>10}{p['samples_per_second']:>11.1f}{p['last_seen_s']:>6.0f}s")
+    if not status["peers"]:
+        lines.append("(no peers online)")
+    return "\n".join(lines)
