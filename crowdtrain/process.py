@@ -44,6 +44,9 @@ def _before_fork() -> None:
 
 def _after_fork_in_child() -> None:
     parent_pid = _forking_pid
+    # the parent's SIGTERM handler (set a stop event) means nothing here: hivemind's
+    # ``terminate()`` of a helper process must really end it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux") and _set_parent_death_signal():
         if os.getppid() != parent_pid:  # parent died between fork and prctl
             os._exit(1)

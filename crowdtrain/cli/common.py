@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -107,6 +108,8 @@ def setup_logging(verbose: bool, tag: str = "") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    # hivemind steps the scheduler at the global epoch boundary, before the first optimizer step
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     logging.getLogger("asyncio").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     hivemind_logger = logging.getLogger("hivemind")
     hivemind_logger.setLevel(logging.INFO if verbose else logging.ERROR)

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from crowdtrain.cli.common import add_network_options, network_from_args, setup_logging
-from crowdtrain.dht.node import start_dht
+from crowdtrain.dht.node import shutdown_dht, start_dht
 from crowdtrain.errors import UsageError
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.discovery import join_run
@@ -34,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
         joined = join_run(dht, args.run_id, args.timeout)
         status = swarm_status(dht, joined.config)
     finally:
-        dht.shutdown()
+        shutdown_dht(dht)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0

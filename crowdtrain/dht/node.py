@@ -99,6 +99,15 @@ def _explain_daemon_error(message: str, initial_peers: Sequence[str]) -> str:
     return f"p2p daemon failed: {message.strip().splitlines()[-1]}"
 
 
+def shutdown_dht(dht: hivemind.DHT, grace: float = 3.0) -> None:
+    """Shut the DHT process down; kill it if it does not exit (a wedged one would block our exit)."""
+    dht.shutdown()
+    dht.join(grace)
+    if dht.is_alive():
+        dht.kill()
+        dht.join(grace)
+
+
 def visible_addresses(dht: hivemind.DHT) -> list[str]:
     """This peer's joinable addresses (full multiaddrs with /p2p/PEERID)."""
     return [str(a) for a in dht.get_visible_maddrs(latest=True)]

@@ -26,7 +26,9 @@ ROLES = ("full", "client", "aux")
 MAX_CLOCK_SKEW = 60.0
 MAX_SAMPLES = 10**13
 MAX_SAMPLES_PER_SECOND = 10**7
-ASSET_CHUNK_BYTES = 4 * 1024  # hivemind DHT process reads its command pipe non-blocking: big messages break it
+# Commands reach hivemind's DHT process through an os.pipe read without a lock or blocking:
+# only writes below PIPE_BUF (4096 bytes, pickling overhead included) are atomic there.
+ASSET_CHUNK_BYTES = 3 * 1024
 
 RUN_RECORD_TTL = 300.0
 PEER_RECORD_TTL = 20.0

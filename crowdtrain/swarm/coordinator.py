@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
-from crowdtrain.dht.node import start_dht, visible_addresses
+from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_run, split_assets
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
@@ -127,4 +127,4 @@ def run_coordinator(
                 last_publish = time.monotonic()
             on_status(swarm_status(dht, run))
     finally:
-        dht.shutdown()
+        shutdown_dht(dht)

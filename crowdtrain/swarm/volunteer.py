@@ -13,7 +13,7 @@ import hivemind
 import torch
 
 from crowdtrain.config import VolunteerConfig
-from crowdtrain.dht.node import start_dht, visible_addresses
+from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_peer
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
@@ -106,7 +106,7 @@ class Volunteer:
             self.report.finished_at = time.time()
             if optimizer is not None:
                 optimizer.shutdown()
-            dht.shutdown()
+            shutdown_dht(dht)
             if self.config.report_path:
                 self.report.write(Path(self.config.report_path))
         return self.report

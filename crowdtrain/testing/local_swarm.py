@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from crowdtrain.errors import CrowdtrainError
 from crowdtrain.peers.identity import Identity
@@ -52,6 +52,7 @@ class LocalSwarm:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.python = python
         self.peers: list[PeerProcess] = []
+        self.on_spawn: Callable[[PeerProcess], None] = lambda peer: None
 
     def _spawn(self, name: str, role: str, args: Sequence[str], report: bool) -> PeerProcess:
         identity = Identity.temporary()
@@ -67,6 +68,7 @@ class LocalSwarm:
         peer = PeerProcess(name=name, role=role, popen=popen, log_path=log_path, identity=identity,
                            report_path=report_path)
         self.peers.append(peer)
+        self.on_spawn(peer)
         return peer
 
     def start_coordinator(self, args: Sequence[str] = (), name: str = "coordinator",

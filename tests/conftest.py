@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from crowdtrain.testing.local_swarm import LocalSwarm
+from crowdtrain.testing.processes import descendants
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def local_swarm(tmp_path: Path):
+    """A LocalSwarm whose every process (and their children) is gone after the test."""
+    swarm = LocalSwarm(tmp_path / "swarm")
+    tracked: set[int] = set()
+    swarm.on_spawn = lambda peer: tracked.add(peer.popen.pid)
+    try:
+        yield swarm
+    finally:
+        for pid in list(tracked):
+            tracked.update(descendants(pid))
+        swarm.close()
+        leftovers = [pid for pid in tracked if _alive(pid)]
+        for pid in leftovers:
+            os.kill(pid, 9)
+        assert not leftovers, f"processes left running after the test: {leftovers}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,44 @@
+import time
+
+import pytest
+
+from crowdtrain.dht.records import PeerRecord, RecordError, RunAnnouncement
+
+
+def record(**overrides) -> dict:
+    value = PeerRecord(peer_id="QmPeer", name="alice", role="full", address="/ip4/127.0.0.1/tcp/1/p2p/QmPeer",
+                       samples=100, samples_per_second=12.5, loss=3.2, epoch=4, device="cpu",
+                       time=time.time()).to_value()
+    value.update(overrides)
+    return value
+
+
+def test_valid_peer_record_round_trips():
+    value = record()
+    assert PeerRecord.from_value(value).to_value() == value
+
+
+@pytest.mark.parametrize("overrides", [
+    {"samples": -1}, {"samples": 10**15}, {"samples_per_second": 1e9}, {"samples_per_second": -1.0},
+    {"role": "king"}, {"loss": float("nan")}, {"loss": float("inf")}, {"time": time.time() + 3600},
+    {"epoch": -2}, {"samples": "many"}, {"name": "x" * 100},
+])
+def test_impossible_or_malformed_peer_records_are_rejected(overrides):
+    with pytest.raises(RecordError):
+        PeerRecord.from_value(record(**overrides))
+
+
+def test_peer_record_must_be_a_mapping_with_all_fields():
+    with pytest.raises(RecordError):
+        PeerRecord.from_value([1, 2, 3])
+    value = record()
+    del value["epoch"]
+    with pytest.raises(RecordError):
+        PeerRecord.from_value(value)
+
+
+def test_run_announcement_validation():
+    good = {"run_id": "run-0123456789abcdef", "recipe": "albert-tiny", "created_at": 1.0}
+    assert RunAnnouncement.from_value(good).run_id == good["run_id"]
+    with pytest.raises(RecordError):
+        RunAnnouncement.from_value({**good, "run_id": "run-../../etc"})

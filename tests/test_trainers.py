@@ -1,0 +1,230 @@
+"""Unit tests of the recipes: corpus, tokenizer, albert-tiny data, model and a short real training run."""
+from __future__ import annotations
+
+import itertools
+import statistics
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from crowdtrain.trainers import get_recipe
+from crowdtrain.trainers.albert import IGNORE_INDEX, NUM_SPECIAL, AlbertTiny
+from crowdtrain.trainers.corpus import MIN_WORDS, _stdlib_corpus, load_corpus, stdlib_docstrings_spec
+from crowdtrain.trainers.tokenizer import (
+    MASK,
+    SPECIAL_TOKENS,
+    tokenizer_from_bytes,
+    tokenizer_sha256,
+    tokenizer_to_bytes,
+    train_tokenizer,
+)
+
+SMALL_SPEC = stdlib_docstrings_spec(max_bytes=60_000)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(AlbertTiny.default_dataset())
+
+
+@pytest.fixture(scope="module")
+def assets() -> bytes:
+    return AlbertTiny.build_assets(AlbertTiny.default_hparams(), AlbertTiny.default_dataset())
+
+
+@pytest.fixture(scope="module")
+def recipe(assets: bytes) -> AlbertTiny:
+    return AlbertTiny(AlbertTiny.default_hparams(), AlbertTiny.default_dataset(), assets)
+
+
+@pytest.fixture
+def torch_threads():
+    """Runs the test on (at most) two threads, as on a small volunteer machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(2, previous))
+    yield
+    torch.set_num_threads(previous)
+
+
+# --- corpus -------------------------------------------------------------------------------------
+
+
+def test_stdlib_corpus_is_english_prose_split_by_hash(corpus):
+    assert len(corpus.train) > 1000
+    assert 0.02 < len(corpus.heldout) / (len(corpus.train) + len(corpus.heldout)) < 0.10
+    assert not set(corpus.train) & set(corpus.heldout)
+    assert all(len(text.split()) >= MIN_WORDS and "\n" not in text for text in corpus.train[:500])
+    assert sum(" the " in text for text in corpus.train) > len(corpus.train) / 3
+
+
+def test_stdlib_corpus_extraction_is_deterministic_and_respects_the_budget():
+    first = load_corpus(SMALL_SPEC)
+    assert _stdlib_corpus.__wrapped__(SMALL_SPEC["max_bytes"]) == first  # extracted afresh
+    assert load_corpus(SMALL_SPEC) is first  # cached
+    size = sum(len(t.encode()) for t in first.train + first.heldout)
+    assert 60_000 <= size < 100_000
+
+
+def test_text_files_corpus(tmp_path: Path):
+    words = "one two three four five six seven eight nine".split()
+    paragraphs = [" ".join(words[i:] + words[:i]) for i in range(9)]
+    (tmp_path / "a.txt").write_text("\n\n".join(paragraphs[:5]) + "\n\ntoo short\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("\n  \n".join(paragraphs[5:]))
+    (tmp_path / "sub" / "ignored.md").write_text(paragraphs[0] + " extra")
+    corpus = load_corpus({"kind": "text-files", "paths": [str(tmp_path)]})
+    assert sorted(corpus.train + corpus.heldout) == sorted(paragraphs)
+    single = load_corpus({"kind": "text-files", "paths": [str(tmp_path / "a.txt")]})
+    assert sorted(single.train + single.heldout) == sorted(paragraphs[:5])
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"kind": "wikipedia"}, "unknown dataset kind"),
+        ({}, "unknown dataset kind"),
+        ({"kind": "stdlib-docstrings", "max_byte": 10}, "unknown keys"),
+        ({"kind": "stdlib-docstrings", "max_bytes": 0}, "positive integer"),
+        ({"kind": "text-files"}, "needs 'paths'"),
+        ({"kind": "text-files", "paths": ["/nonexistent/corpus.txt"]}, "no such file"),
+    ],
+)
+def test_bad_dataset_specs_raise_value_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        load_corpus(spec)
+
+
+# --- tokenizer ----------------------------------------------------------------------------------
+
+
+def test_tokenizer_training_is_deterministic_and_round_trips(corpus, assets: bytes):
+    again = tokenizer_to_bytes(train_tokenizer(corpus.train, AlbertTiny.default_hparams()["vocab_size"]))
+    assert again == assets
+    assert tokenizer_sha256(again) == tokenizer_sha256(assets) and len(tokenizer_sha256(assets)) == 64
+    loaded = tokenizer_from_bytes(assets)
+    assert tokenizer_to_bytes(loaded) == assets
+    assert [loaded.token_to_id(token) for token in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    encoding = loaded.encode("Return the Value of the attribute, or raise AttributeError.")
+    assert encoding.tokens[:3] == ["return", "the", "value"] and "[UNK]" not in encoding.tokens
+    assert len(zlib.compress(assets, 9)) < 60_000
+
+
+def test_tokenizer_of_small_corpus_is_deterministic():
+    texts = load_corpus(SMALL_SPEC).train
+    trained = {tokenizer_to_bytes(train_tokenizer(texts, 1000)) for _ in range(3)}
+    assert len(trained) == 1
+
+
+def test_tokenizer_errors():
+    with pytest.raises(ValueError, match="too small"):
+        train_tokenizer(["a tiny corpus with very few distinct words"], 1000)
+    with pytest.raises(ValueError, match="malformed"):
+        tokenizer_from_bytes(b"{not json")
+
+
+# --- albert-tiny: configuration, data, model ----------------------------------------------------
+
+
+def test_registry_and_recipe_configuration(assets: bytes):
+    assert get_recipe("albert-tiny") is AlbertTiny
+    dataset = AlbertTiny.default_dataset()
+    with pytest.raises(ValueError, match="vocab_size"):
+        AlbertTiny({"vocab_size": 2048}, dataset, assets)
+    with pytest.raises(ValueError, match="unknown albert-tiny hparams"):
+        AlbertTiny({"learning_rate": 1.0}, dataset, assets)
+    with pytest.raises(ValueError, match="malformed tokenizer"):
+        AlbertTiny({}, dataset, b"garbage")
+
+
+def test_batches_shapes_and_bert_masking(recipe: AlbertTiny):
+    seq_len = recipe.hparams["seq_len"]
+    batches = list(itertools.islice(recipe.batches(shard_seed=1, batch_size=8), 25))
+    first = batches[0]
+    assert set(first) == {"input_ids", "attention_mask", "labels"}
+    assert all(tensor.shape == (8, seq_len) and tensor.dtype == torch.long for tensor in first.values())
+    assert bool((first["input_ids"][:, 0] == recipe.tokenizer.token_to_id("[CLS]")).all())
+
+    labels = torch.cat([b["labels"] for b in batches])
+    inputs = torch.cat([b["input_ids"] for b in batches])
+    attention = torch.cat([b["attention_mask"] for b in batches])
+    selected = labels != IGNORE_INDEX
+    candidates = (labels >= NUM_SPECIAL) | ((inputs >= NUM_SPECIAL) & ~selected)  # text tokens
+    assert bool((labels[selected] >= NUM_SPECIAL).all()) and bool((attention[selected] == 1).all())
+    assert 0.13 < selected.sum().item() / candidates.sum().item() < 0.17
+    assert attention.float().mean().item() > 0.9  # packing leaves little padding
+    mask_id = recipe.tokenizer.token_to_id(MASK)
+    replaced_by_mask = (inputs[selected] == mask_id).float().mean().item()
+    kept = (inputs[selected] == labels[selected]).float().mean().item()
+    assert 0.75 < replaced_by_mask < 0.85 and 0.07 < kept < 0.14
+
+
+def test_shard_seeds_decide_the_batches(recipe: AlbertTiny):
+    def first_batches(seed: int) -> list[dict[str, torch.Tensor]]:
+        return list(itertools.islice(recipe.batches(shard_seed=seed, batch_size=4), 3))
+
+    same, again, other = first_batches(2**64 - 1), first_batches(2**64 - 1), first_batches(5)
+    for a, b in zip(same, again):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not torch.equal(same[0]["input_ids"], other[0]["input_ids"])
+
+
+def test_model_init_is_identical_for_the_same_seed(recipe: AlbertTiny, assets: bytes):
+    first, second = recipe.build_model(), recipe.build_model()
+    other = AlbertTiny({"seed": 1}, recipe.dataset, assets).build_model()
+    assert 500_000 < sum(p.numel() for p in first.parameters()) < 2_000_000
+    state, other_state = first.state_dict(), other.state_dict()
+    assert all(torch.equal(value, second.state_dict()[key]) for key, value in state.items())
+    assert not all(torch.equal(value, other_state[key]) for key, value in state.items())
+
+
+def test_scheduler_warms_up_then_stays_constant(recipe: AlbertTiny):
+    model = torch.nn.Linear(2, 2)
+    optimizer = recipe.make_optimizer(model.parameters())
+    scheduler = recipe.make_scheduler(optimizer)
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lr = recipe.hparams["lr"]
+    assert rates == pytest.approx([lr / 2, lr, lr, lr])
+
+
+def test_evaluation_is_fixed_and_restores_train_mode(recipe: AlbertTiny):
+    model = recipe.build_model()
+    model.train()
+    result = recipe.evaluate(model)
+    assert result.metric == "masked_token_accuracy" and 0.0 <= result.value <= 1.0
+    assert recipe.evaluate(model) == result
+    assert model.training
+    assert recipe.evaluate_loss(model) == pytest.approx(float(torch.log(torch.tensor(4096.0))), abs=0.3)
+
+
+# --- albert-tiny: it learns ---------------------------------------------------------------------
+
+
+def test_albert_tiny_learns(recipe: AlbertTiny, torch_threads):
+    """20 optimizer steps of 64 sequences (8 accumulated micro-batches of 8), as in a short demo."""
+    steps, micro_batches, batch_size = 20, 8, 8
+    model = recipe.build_model()
+    accuracy_before = recipe.evaluate(model).value
+    loss_before = recipe.evaluate_loss(model)
+    optimizer = recipe.make_optimizer(model.parameters())
+    scheduler = recipe.make_scheduler(optimizer)
+    batches = recipe.batches(shard_seed=7, batch_size=batch_size)
+    losses = []
+    for _ in range(steps):
+        step_loss = 0.0
+        for _ in range(micro_batches):
+            loss = recipe.loss(model, next(batches)) / micro_batches
+            loss.backward()
+            step_loss += loss.item()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        losses.append(step_loss)
+    assert statistics.mean(losses[-3:]) < statistics.mean(losses[:3]) - 0.5, losses
+    assert recipe.evaluate(model).value > accuracy_before + 0.02
+    assert recipe.evaluate_loss(model) < loss_before - 1.0
