@@ -38,6 +38,8 @@ class Timeouts:
     "Give up downloading the current state from one donor after this long."
     request_timeout: float = 1.0
     "Timeout of one matchmaking request (must stay below matchmaking_time)."
+    next_chunk_timeout: float = 10.0
+    "During all-reduce, drop a peer whose next chunk takes longer than this."
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -7,8 +7,10 @@ thread in the child polls its parent pid.
 """
 from __future__ import annotations
 
+import asyncio.subprocess
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
@@ -65,6 +67,25 @@ def die_with_parent_in_forked_children() -> None:
         return
     _installed = True
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    _exec_children_die_with_parent()
+
+
+def _exec_children_die_with_parent() -> None:
+    """hivemind starts p2pd with asyncio's fork+exec, which runs no at-fork hooks: give it the signal too."""
+    if not sys.platform.startswith("linux"):
+        return
+    original = asyncio.subprocess.create_subprocess_exec
+
+    @functools.wraps(original)
+    async def create_subprocess_exec(*args, **kwargs):
+        kwargs.setdefault("preexec_fn", _kill_me_with_parent)
+        return await original(*args, **kwargs)
+
+    asyncio.subprocess.create_subprocess_exec = create_subprocess_exec
+
+
+def _kill_me_with_parent() -> None:
+    _set_parent_death_signal(signal.SIGKILL)
 
 
 def die_with_parent() -> None:

@@ -1,4 +1,5 @@
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from crowdtrain.testing.local_swarm import LocalSwarm
 from crowdtrain.testing.processes import descendants
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+ORPHAN_GRACE_S = 5.0
 
 
 def pytest_addoption(parser):
@@ -34,8 +36,11 @@ def local_swarm(tmp_path: Path):
         for pid in list(tracked):
             tracked.update(descendants(pid))
         swarm.close()
-        leftovers = [pid for pid in tracked if _alive(pid)]
-        for pid in leftovers:
+        deadline = time.monotonic() + ORPHAN_GRACE_S
+        while any(_alive(pid) for pid in tracked) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        leftovers = [(pid, _cmdline(pid)) for pid in tracked if _alive(pid)]
+        for pid, _ in leftovers:
             os.kill(pid, 9)
         assert not leftovers, f"processes left running after the test: {leftovers}"
 
@@ -46,3 +51,11 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except FileNotFoundError:
+        return "?"

@@ -7,7 +7,7 @@ from crowdtrain.dht.records import PeerRecord, RecordError, RunAnnouncement
 
 def record(**overrides) -> dict:
     value = PeerRecord(peer_id="QmPeer", name="alice", role="full", address="/ip4/127.0.0.1/tcp/1/p2p/QmPeer",
-                       samples=100, samples_per_second=12.5, loss=3.2, epoch=4, device="cpu",
+                       samples=100, samples_per_second=12.5, loss=3.2, epoch=4, device="cpu", finished=False,
                        time=time.time()).to_value()
     value.update(overrides)
     return value

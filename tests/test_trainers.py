@@ -127,6 +127,15 @@ def test_tokenizer_errors():
 # --- albert-tiny: configuration, data, model ----------------------------------------------------
 
 
+def test_evaluation_needs_held_out_texts(tmp_path: Path, assets: bytes):
+    (tmp_path / "one.txt").write_text("a single paragraph of text is far too little to evaluate on")
+    dataset = {"kind": "text-files", "paths": [str(tmp_path)]}
+    recipe = AlbertTiny({}, dataset, assets)
+    assert not recipe.corpus.heldout
+    with pytest.raises(ValueError, match="no held-out text"):
+        recipe.evaluate(recipe.build_model())
+
+
 def test_registry_and_recipe_configuration(assets: bytes):
     assert get_recipe("albert-tiny") is AlbertTiny
     dataset = AlbertTiny.default_dataset()
@@ -158,6 +167,12 @@ def test_batches_shapes_and_bert_masking(recipe: AlbertTiny):
     replaced_by_mask = (inputs[selected] == mask_id).float().mean().item()
     kept = (inputs[selected] == labels[selected]).float().mean().item()
     assert 0.75 < replaced_by_mask < 0.85 and 0.07 < kept < 0.14
+
+
+def test_every_batch_has_a_masked_token(recipe: AlbertTiny, assets: bytes):
+    never_masks = AlbertTiny({"mask_prob": 0.0}, recipe.dataset, assets)
+    for batch in itertools.islice(never_masks.batches(shard_seed=3, batch_size=1), 5):
+        assert int((batch["labels"] != IGNORE_INDEX).sum()) == 1
 
 
 def test_shard_seeds_decide_the_batches(recipe: AlbertTiny):
@@ -206,8 +221,8 @@ def test_evaluation_is_fixed_and_restores_train_mode(recipe: AlbertTiny):
 
 
 def test_albert_tiny_learns(recipe: AlbertTiny, torch_threads):
-    """20 optimizer steps of 64 sequences (8 accumulated micro-batches of 8), as in a short demo."""
-    steps, micro_batches, batch_size = 20, 8, 8
+    """16 optimizer steps of 64 sequences (8 accumulated micro-batches of 8), as in a short demo."""
+    steps, micro_batches, batch_size = 16, 8, 8
     model = recipe.build_model()
     accuracy_before = recipe.evaluate(model).value
     loss_before = recipe.evaluate_loss(model)

@@ -40,12 +40,14 @@ def add_timeout_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--averaging-timeout", type=float, default=defaults.averaging_timeout)
     group.add_argument("--load-state-timeout", type=float, default=defaults.load_state_timeout)
     group.add_argument("--request-timeout", type=float, default=defaults.request_timeout)
+    group.add_argument("--next-chunk-timeout", type=float, default=defaults.next_chunk_timeout)
 
 
 def timeouts_from_args(args: argparse.Namespace) -> Timeouts:
     try:
         return Timeouts(matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
-                        load_state_timeout=args.load_state_timeout, request_timeout=args.request_timeout)
+                        load_state_timeout=args.load_state_timeout, request_timeout=args.request_timeout,
+                        next_chunk_timeout=args.next_chunk_timeout)
     except ValueError as e:
         from crowdtrain.errors import UsageError
 

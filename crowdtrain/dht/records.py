@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
-from pydantic.v1 import BaseModel, StrictBytes, StrictFloat, StrictInt, StrictStr, confloat, conint, constr
+from pydantic.v1 import BaseModel, StrictBool, StrictBytes, StrictFloat, confloat, conint, constr
 
 DIRECTORY_PREFIX = "crowdtrain"
 RUNS_KEY = f"{DIRECTORY_PREFIX}_runs"
@@ -76,6 +76,7 @@ class _PeerSchema(BaseModel):
     loss: Optional[StrictFloat]
     epoch: conint(strict=True, ge=0)
     device: constr(strict=True, max_length=64)
+    finished: StrictBool
     time: StrictFloat
 
 
@@ -126,6 +127,8 @@ class PeerRecord:
     epoch: int
     "The global epoch this peer is at."
     device: str
+    finished: bool
+    "The run reached max_epochs and this peer holds the final state: it only serves it now."
     time: float
 
     def to_value(self) -> dict[str, Any]:

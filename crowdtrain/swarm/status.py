@@ -23,6 +23,7 @@ def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
         "epoch": record.epoch,
         "loss": record.loss,
         "device": record.device,
+        "finished": record.finished,
     }
 
 

@@ -64,7 +64,7 @@ def load_corpus(spec: Mapping[str, Any]) -> Corpus:
     every call, so that edits to them are seen.
     """
     kind = spec.get("kind")
-    if kind not in _SPEC_KEYS:
+    if not isinstance(kind, str) or kind not in _SPEC_KEYS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of: {', '.join(sorted(_SPEC_KEYS))}")
     unknown = set(spec) - _SPEC_KEYS[kind]
     if unknown:
@@ -110,6 +110,7 @@ def _text_files_corpus(paths: list[Path], max_bytes: int) -> Corpus:
     texts = _take_budget(_paragraphs(_text_files(paths)), max_bytes)
     if not texts:
         raise ValueError(f"no paragraph of at least {MIN_WORDS} words found in {', '.join(map(str, paths))}")
+    logger.info("read %d paragraphs (%d bytes) of text files", len(texts), sum(len(t.encode("utf-8")) for t in texts))
     return split_texts(texts)
 
 

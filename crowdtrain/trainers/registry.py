@@ -1,11 +1,12 @@
-"""Recipe names -> recipe classes."""
+"""Recipe names -> recipe classes, imported on first use (transformers is slow to import)."""
 from __future__ import annotations
 
+import importlib
+
 from crowdtrain.errors import CrowdtrainError, ExitCode
-from crowdtrain.trainers.albert import AlbertTiny
 from crowdtrain.trainers.base import Recipe
 
-RECIPES: dict[str, type[Recipe]] = {AlbertTiny.name: AlbertTiny}
+RECIPES: dict[str, str] = {"albert-tiny": "crowdtrain.trainers.albert:AlbertTiny"}
 
 
 class UnknownRecipeError(CrowdtrainError):
@@ -14,6 +15,7 @@ class UnknownRecipeError(CrowdtrainError):
 
 def get_recipe(name: str) -> type[Recipe]:
     try:
-        return RECIPES[name]
+        module, _, attribute = RECIPES[name].partition(":")
     except KeyError:
         raise UnknownRecipeError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}") from None
+    return getattr(importlib.import_module(module), attribute)
