@@ -12,18 +12,18 @@ from typing import Callable, Optional
 import hivemind
 import torch
 
-from crowdtrain.config import RunConfig, VolunteerConfig
+from crowdtrain.config import VolunteerConfig
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
-from crowdtrain.dht.publish import publish_peer, read_peers
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.discovery import JoinedRun, join_run
+from crowdtrain.swarm.finish import FinishState, RunFinisher
+from crowdtrain.swarm.heartbeat import Heartbeat
 from crowdtrain.swarm.optimizer import build_swarm_optimizer
 from crowdtrain.swarm.training import TrainingLoop
 from crowdtrain.trainers import Recipe, get_recipe
 
 logger = logging.getLogger(__name__)
-LIVE_PEER_AGE = 10.0  # seconds: a peer record refreshed more recently belongs to a peer still training
 
 
 @dataclass
@@ -127,60 +127,33 @@ class Volunteer:
         shard_seed = int.from_bytes(self.identity.peer_id.to_bytes()[-8:], "big")
         loop = TrainingLoop(recipe, model, optimizer, recipe.batches(shard_seed, self.config.batch_size),
                             self.config.batch_size, self.device, self.config.throttle)
-        last_publish = 0.0
-        while not stop.is_set():
-            if run.max_epochs and max(optimizer.local_epoch, optimizer.tracker.global_epoch) >= run.max_epochs:
-                self.report.stop_reason = f"run reached max_epochs={run.max_epochs}"
-                self._finish_run(run, loop, optimizer, dht, stop)
-                break
-            loop.step()
-            stats = loop.stats
-            if time.monotonic() - last_publish >= self.config.publish_interval:
-                publish_peer(dht, self.identity, run.run_id, self._record(loop, optimizer.local_epoch))
-                last_publish = time.monotonic()
-            on_progress(VolunteerStatus(epoch=optimizer.local_epoch, max_epochs=run.max_epochs,
-                                        samples=stats.samples, samples_per_second=stats.samples_per_second,
-                                        loss=stats.recent_loss))
-        else:
-            self.report.stop_reason = "stopped by signal"
+        finish_state = FinishState()
+        heartbeat = Heartbeat(dht, self.identity, run.run_id, lambda: self._record(loop, optimizer, finish_state),
+                              self.config.publish_interval).start()
+        try:
+            while not stop.is_set():
+                if run.max_epochs and max(optimizer.local_epoch, optimizer.tracker.global_epoch) >= run.max_epochs:
+                    self.report.stop_reason = f"run reached max_epochs={run.max_epochs}"
+                    RunFinisher(run=run, optimizer=optimizer, dht=dht, me=str(self.identity.peer_id),
+                                state=finish_state, publish=heartbeat.publish_now, stop=stop).finish()
+                    break
+                loop.step()
+                stats = loop.stats
+                on_progress(VolunteerStatus(epoch=optimizer.local_epoch, max_epochs=run.max_epochs,
+                                            samples=stats.samples, samples_per_second=stats.samples_per_second,
+                                            loss=stats.recent_loss))
+            else:
+                self.report.stop_reason = "stopped by signal"
+        finally:
+            heartbeat.stop()
         self._finish_report(loop, optimizer.local_epoch)
 
-    def _finish_run(self, run: RunConfig, loop: TrainingLoop, optimizer: hivemind.Optimizer, dht: hivemind.DHT,
-                    stop: threading.Event) -> None:
-        """End of the run, so that every volunteer leaves with the same final model.
-
-        A peer holding the final epoch marks itself ``finished`` once its last updates landed, then
-        keeps serving its state until every live peer is finished. A peer that missed the last
-        round waits for the finished peers and downloads the final state from them. Both waits are
-        bounded by the run's ``load_state_timeout``.
-        """
-        optimizer.state_averager.step(wait_for_delayed_updates=True)
-        deadline = time.monotonic() + run.timeouts.load_state_timeout
-        if optimizer.local_epoch < run.max_epochs:
-            self._wait_for_peers(dht, run, stop, deadline, lambda live: any(r.finished for r in live) and all(
-                r.finished for r in live if r.epoch >= run.max_epochs))
-            optimizer.state_averager.load_state_from_peers(timeout=run.timeouts.load_state_timeout)
-            if optimizer.local_epoch < run.max_epochs:
-                logger.warning(f"could not download the final state; leaving at epoch {optimizer.local_epoch}")
-        publish_peer(dht, self.identity, run.run_id, self._record(loop, optimizer.local_epoch, finished=True))
-        self._wait_for_peers(dht, run, stop, deadline, lambda live: all(r.finished for r in live))
-
-    def _wait_for_peers(self, dht: hivemind.DHT, run: RunConfig, stop: threading.Event, deadline: float,
-                        condition: Callable[[list[PeerRecord]], bool]) -> None:
-        me = str(self.identity.peer_id)
-        while not stop.is_set() and time.monotonic() < deadline:
-            live = [r for r in read_peers(dht, run.run_id).records
-                    if time.time() - r.time < LIVE_PEER_AGE and r.peer_id != me]
-            if condition(live):
-                return
-            time.sleep(0.5)
-
-    def _record(self, loop: TrainingLoop, epoch: int, finished: bool = False) -> PeerRecord:
+    def _record(self, loop: TrainingLoop, optimizer: hivemind.Optimizer, finish_state: FinishState) -> PeerRecord:
         stats = loop.stats
         return PeerRecord(peer_id=str(self.identity.peer_id), name=self.config.name, role=self.role,
                           address=self.address, samples=stats.samples, samples_per_second=stats.samples_per_second,
-                          loss=stats.recent_loss, epoch=epoch, device=str(self.device), finished=finished,
-                          time=time.time())
+                          loss=stats.recent_loss, epoch=optimizer.local_epoch, device=str(self.device),
+                          finished=finish_state.finished, time=time.time())
 
     def _finish_report(self, loop: TrainingLoop, epoch: int) -> None:
         stats = loop.stats

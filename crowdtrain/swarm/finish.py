@@ -1,0 +1,100 @@
+"""End of a run: every volunteer leaves with the same final model.
+
+hivemind lets a peer that missed the last round step alone, so peers can reach ``max_epochs`` with
+slightly different parameters. When the run is over:
+
+1. each peer waits for its own pending updates and for every live peer to reach the final epoch;
+2. one *canonical* peer is chosen the same way by all: the lowest peer id among the non-client peers
+   at the highest epoch;
+3. the canonical peer raises its state-sharing priority and marks itself ``finished``; the others stop
+   sharing their own state, download the canonical state, then mark themselves ``finished``;
+4. the canonical peer keeps serving until every live peer is finished.
+
+Every wait is bounded by the run's ``load_state_timeout``; if the canonical peer vanishes, the others
+keep their own state and say so.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import hivemind
+
+from crowdtrain.config import RunConfig
+from crowdtrain.dht.publish import read_peers
+from crowdtrain.dht.records import PeerRecord
+
+logger = logging.getLogger(__name__)
+LIVE_PEER_AGE = 10.0  # a record refreshed more recently (heartbeat: every few seconds) is a live peer
+POLL_PERIOD = 0.5
+CANONICAL_PRIORITY = 1e9
+
+
+@dataclass
+class FinishState:
+    """Read by the heartbeat: whether this peer holds the final model."""
+
+    finished: bool = False
+
+
+def live_peers(dht: hivemind.DHT, run_id: str) -> list[PeerRecord]:
+    return [r for r in read_peers(dht, run_id).records if time.time() - r.time < LIVE_PEER_AGE]
+
+
+def choose_canonical(records: list[PeerRecord]) -> Optional[PeerRecord]:
+    donors = [r for r in records if r.role != "client"]
+    if not donors:
+        return None
+    top = max(r.epoch for r in donors)
+    return min((r for r in donors if r.epoch == top), key=lambda r: r.peer_id)
+
+
+class RunFinisher:
+    def __init__(self, *, run: RunConfig, optimizer: hivemind.Optimizer, dht: hivemind.DHT, me: str,
+                 state: FinishState, publish: Callable[[], None], stop: threading.Event):
+        self.run, self.optimizer, self.dht, self.me = run, optimizer, dht, me
+        self.state, self.publish, self.stop = state, publish, stop
+        self.deadline = time.monotonic() + run.timeouts.load_state_timeout
+
+    def finish(self) -> bool:
+        """Returns True if this peer leaves with the canonical final state."""
+        self.optimizer.state_averager.step(wait_for_delayed_updates=True)
+        self.publish()
+        self._wait(lambda live: all(r.epoch >= self.run.max_epochs for r in live))
+        records = live_peers(self.dht, self.run.run_id)
+        canonical = choose_canonical(records)
+        if canonical is None or canonical.peer_id == self.me:
+            return self._serve_as_canonical()
+        return self._adopt_canonical(canonical)
+
+    def _serve_as_canonical(self) -> bool:
+        self.optimizer.state_averager.state_sharing_priority = CANONICAL_PRIORITY
+        self.state.finished = True
+        self.publish()
+        self._wait(lambda live: all(r.finished for r in live if r.peer_id != self.me))
+        return True
+
+    def _adopt_canonical(self, canonical: PeerRecord) -> bool:
+        averager = self.optimizer.state_averager
+        if averager.allow_state_sharing:
+            averager.allow_state_sharing = False
+        if not self._wait(lambda live: any(r.peer_id == canonical.peer_id and r.finished for r in live)):
+            logger.warning("the peer holding the final state did not answer; leaving with this peer's own state")
+            return False
+        averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout)
+        if averager.local_epoch < self.run.max_epochs:
+            logger.warning("could not download the final state; leaving with this peer's own state")
+            return False
+        self.state.finished = True
+        self.publish()
+        return True
+
+    def _wait(self, condition: Callable[[list[PeerRecord]], bool]) -> bool:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            if condition(live_peers(self.dht, self.run.run_id)):
+                return True
+            time.sleep(POLL_PERIOD)
+        return False

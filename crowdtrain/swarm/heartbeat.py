@@ -1,0 +1,40 @@
+"""This peer's record in the DHT, refreshed from a background thread.
+
+A step can block for a whole averaging timeout; publishing from the training loop would make a busy
+peer look departed. The heartbeat keeps the record fresh whatever the loop is doing.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import hivemind
+
+from crowdtrain.dht.publish import publish_peer
+from crowdtrain.dht.records import PeerRecord
+from crowdtrain.peers.identity import Identity
+
+
+class Heartbeat:
+    def __init__(self, dht: hivemind.DHT, identity: Identity, run_id: str, make_record: Callable[[], PeerRecord],
+                 interval: float):
+        self.dht, self.identity, self.run_id = dht, identity, run_id
+        self.make_record, self.interval = make_record, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def publish_now(self) -> None:
+        publish_peer(self.dht, self.identity, self.run_id, self.make_record())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.publish_now()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 5)
