@@ -1,0 +1,67 @@
+"""``crowdtrain demo`` end to end, and an interrupted demo leaving nothing behind."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from crowdtrain.testing.processes import descendants
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _wait_gone(pids, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _alive(pid)}
+        time.sleep(0.2)
+    return alive
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_demo_trains_a_swarm_and_writes_summary(tmp_path):
+    out = tmp_path / "out.json"
+    result = subprocess.run([sys.executable, "-m", "crowdtrain", "demo", "--duration", "40", "--target-batch-size", "64",
+                             "--out-dir", str(tmp_path / "demo"), "--json", str(out)],
+                            capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert len(summary["peers"]) == 3 and all(p["samples"] > 0 for p in summary["peers"])
+    assert summary["global_epochs"] >= 3
+    assert summary["loss_end"] < summary["loss_start"]
+    assert summary["eval"]["metric"] == "masked_token_accuracy"
+    assert summary["eval"]["end"] > summary["eval"]["start"]
+    assert (tmp_path / "demo" / "loss.png").stat().st_size > 10_000
+    assert "global epochs" in result.stdout
+
+
+def test_interrupted_demo_stops_everything(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "crowdtrain", "demo", "--duration", "120",
+                             "--out-dir", str(tmp_path / "demo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        tracked: set[int] = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len([p for p in tracked if _alive(p)]) < 8:
+            tracked |= descendants(demo.pid)  # coordinator, volunteers and their helpers
+            time.sleep(0.5)
+        time.sleep(3)
+        tracked |= descendants(demo.pid)
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, output[-3000:]
+    assert "Traceback" not in output
+    assert not _wait_gone(tracked), "processes of the demo survived it"
