@@ -38,7 +38,9 @@ DEFAULT_MAX_BYTES = 1_000_000
 MIN_WORDS = 8
 HELDOUT_MODULUS = 20  # sha1(text) % 20 == 0 -> held-out: about 5% of the texts
 
-_SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "__pycache__"})
+_SKIPPED_STDLIB_DIRS = frozenset(
+    {"test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "__pycache__"}
+)
 _DOCUMENTED_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _SPEC_KEYS = {STDLIB_DOCSTRINGS: {"kind", "max_bytes"}, TEXT_FILES: {"kind", "paths", "max_bytes"}}
@@ -110,7 +112,8 @@ def _text_files_corpus(paths: list[Path], max_bytes: int) -> Corpus:
     texts = _take_budget(_paragraphs(_text_files(paths)), max_bytes)
     if not texts:
         raise ValueError(f"no paragraph of at least {MIN_WORDS} words found in {', '.join(map(str, paths))}")
-    logger.info("read %d paragraphs (%d bytes) of text files", len(texts), sum(len(t.encode("utf-8")) for t in texts))
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    logger.info("read %d paragraphs (%d bytes) of text files", len(texts), size)
     return split_texts(texts)
 
 
