@@ -1,4 +1,5 @@
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from crowdtrain.testing.local_swarm import LocalSwarm
 from crowdtrain.testing.processes import descendants
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("CROWDTRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="crowdtrain-test-cache-"))
 ORPHAN_GRACE_S = 5.0
 
 

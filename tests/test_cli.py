@@ -81,3 +81,9 @@ def test_config_file_errors(tmp_path: Path):
     unknown.write_text("warp-speed = 9\n")
     assert_one_line_error(crowdtrain("coordinator", "--config", str(unknown)), ExitCode.USAGE, "unknown option")
     assert_one_line_error(crowdtrain("join", "--config", str(tmp_path / "nope.toml")), ExitCode.USAGE, "not found")
+
+
+def test_unknown_hyper_parameter(tmp_path):
+    result = crowdtrain("coordinator", "--loopback", "--hparam", "warp=9", "--identity", str(tmp_path / "id.key"),
+                        "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, ExitCode.USAGE, "unknown hyper-parameters")

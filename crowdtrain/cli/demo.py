@@ -42,7 +42,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 def _coordinator_args(config: DemoConfig) -> list[str]:
     return ["--recipe", config.recipe, "--target-batch-size", str(config.target_batch_size),
-            "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "15",
+            "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "6",
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
             "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl")]
 

@@ -73,7 +73,10 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
     hparams = _hparams(config)
     dataset = config.dataset or recipe.default_dataset()
     logger.info(f"building assets of {config.recipe} (tokenizer) ...")
-    assets = recipe.build_assets(hparams, dataset)
+    try:
+        assets = recipe.build_assets(hparams, dataset)
+    except ValueError as e:
+        raise UsageError(f"cannot prepare recipe {config.recipe}: {e}") from None
     run = RunConfig(
         run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),

@@ -13,6 +13,7 @@ import hivemind
 import torch
 
 from crowdtrain.config import VolunteerConfig
+from crowdtrain.errors import RunConfigError
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
@@ -62,6 +63,15 @@ class VolunteerStatus:
     loss: Optional[float]
 
 
+def build_recipe(joined: JoinedRun) -> Recipe:
+    """The run's recipe on this peer; a configuration this peer cannot use is a one-line error."""
+    run = joined.config
+    try:
+        return get_recipe(run.recipe)(run.hparams, run.dataset, joined.assets)
+    except ValueError as e:
+        raise RunConfigError(f"cannot use the configuration of run {run.run_id}: {e}") from None
+
+
 def detect_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -89,7 +99,7 @@ class Volunteer:
             joined = join_run(dht, self.config.run_id, self.config.discovery_timeout, stop)
             self.report.run_id = joined.config.run_id
             self.address = "" if self.config.network.client_mode else (visible_addresses(dht) or [""])[0]
-            recipe = get_recipe(joined.config.recipe)(joined.config.hparams, joined.config.dataset, joined.assets)
+            recipe = build_recipe(joined)
             model = recipe.build_model().to(self.device)
             on_joined(joined, str(self.device))
             if self.config.evaluate:

@@ -21,7 +21,9 @@ import hashlib
 import inspect
 import logging
 import os
+import json
 import re
+import sys
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -95,10 +97,40 @@ def clean_text(text: str) -> str | None:
     return " ".join(words) if len(words) >= MIN_WORDS else None
 
 
+def cache_dir() -> Path:
+    """Where extracted corpora are kept between runs (``CROWDTRAIN_CACHE_DIR`` or the user cache dir)."""
+    base = os.environ.get("CROWDTRAIN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "crowdtrain")
+    return Path(base)
+
+
+def _disk_cached(name: str, extract) -> list[str]:
+    """``extract()`` once per machine: later peers (a newcomer joining a run) read the JSON file."""
+    path = cache_dir() / f"{name}.json"
+    try:
+        texts = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
+            return texts
+    except (OSError, ValueError):
+        pass
+    texts = list(extract())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(texts), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        logger.debug("cannot cache the corpus in %s: %s", path, e)
+    return texts
+
+
 @functools.lru_cache(maxsize=4)
 def _stdlib_corpus(max_bytes: int) -> Corpus:
     started = time.perf_counter()
-    texts = _take_budget(_stdlib_docstrings(Path(sysconfig.get_paths()["stdlib"])), max_bytes)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    key = hashlib.sha1(f"{stdlib}|{sys.version}|{max_bytes}".encode()).hexdigest()[:16]
+    texts = _disk_cached(f"stdlib-docstrings-{key}",
+                         lambda: _take_budget(_stdlib_docstrings(stdlib), max_bytes))
     corpus = split_texts(texts)
     logger.info(
         "extracted %d standard-library docstrings (%d bytes) in %.2f s: %d train, %d held-out",
