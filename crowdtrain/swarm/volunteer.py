@@ -43,6 +43,8 @@ class VolunteerReport:
     eval_start: Optional[float] = None
     eval_end: Optional[float] = None
     started_at: float = field(default_factory=time.time)
+    joined_at: float = 0.0
+    "When the run's configuration and assets were verified (the first step follows)."
     finished_at: float = 0.0
     stop_reason: str = ""
 
@@ -97,7 +99,7 @@ class Volunteer:
         optimizer: Optional[hivemind.Optimizer] = None
         try:
             joined = join_run(dht, self.config.run_id, self.config.discovery_timeout, stop)
-            self.report.run_id = joined.config.run_id
+            self.report.run_id, self.report.joined_at = joined.config.run_id, time.time()
             self.address = "" if self.config.network.client_mode else (visible_addresses(dht) or [""])[0]
             recipe = build_recipe(joined)
             model = recipe.build_model().to(self.device)

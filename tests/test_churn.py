@@ -1,0 +1,70 @@
+"""Peers come and go: newcomers catch up from live peers, a SIGKILLed volunteer leaves nothing behind."""
+import json
+import signal
+import time
+
+import pytest
+
+from crowdtrain.swarm.summary import load_reports
+from crowdtrain.testing.processes import descendants
+
+pytestmark = pytest.mark.timeout(300)
+COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--request-timeout", "0.5",
+               "--averaging-timeout", "8", "--load-state-timeout", "15", "--log-interval", "1"]
+
+
+def last_status(path):
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else None
+
+
+def wait_for(history, condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = last_status(history)
+        if status is not None and condition(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not seen in {timeout} s; last status: {last_status(history)}")
+
+
+def wait_for_epoch(history, epoch, timeout):
+    return wait_for(history, lambda s: s["global_epoch"] >= epoch, timeout, f"global epoch {epoch}")
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm, tmp_path):
+    history = tmp_path / "history.jsonl"
+    _, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(tmp_path / "run"),
+                                                "--history", str(history)])
+    veterans = [local_swarm.start_volunteer(f"v{i}", [address], ["--batch-size", "8"]) for i in range(2)]
+    before = wait_for_epoch(history, 3, timeout=120)
+
+    newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8"])
+    wait_for(history, lambda s: any(p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]),
+             timeout=90, what="the newcomer's contribution")
+
+    victim = veterans[0]
+    tree = descendants(victim.popen.pid) | {victim.popen.pid}
+    assert len(tree) >= 4, "expected the volunteer's DHT, averager and p2pd processes"
+    victim.popen.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in tree if alive(pid)], "processes of the killed volunteer outlived it by 5 s"
+
+    killed_at = last_status(history)["global_epoch"]
+    wait_for_epoch(history, killed_at + 3, timeout=120)  # the survivors keep advancing
+
+    local_swarm.stop_all([veterans[1], newcomer])
+    report = load_reports([newcomer.report_path])[0]
+    first_time, first_epoch, _ = report["loss_history"][0]
+    assert first_epoch >= before["global_epoch"], "the newcomer started from scratch instead of the swarm's state"
+    assert first_time - report["joined_at"] < 10.0, "newcomer's first contribution took longer than 10 s"
