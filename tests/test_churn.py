@@ -68,3 +68,26 @@ def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm,
     first_time, first_epoch, _ = report["loss_history"][0]
     assert first_epoch >= before["global_epoch"], "the newcomer started from scratch instead of the swarm's state"
     assert first_time - report["joined_at"] < 10.0, "newcomer's first contribution took longer than 10 s"
+
+
+def test_swarm_survives_the_coordinator(local_swarm, tmp_path):
+    history = tmp_path / "history.jsonl"
+    run_dir = tmp_path / "run"
+    coordinator, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(run_dir),
+                                                          "--history", str(history)])
+    volunteers = [local_swarm.start_volunteer(f"v{i}", [address], ["--batch-size", "8"]) for i in range(2)]
+    status = wait_for(history, lambda s: s["global_epoch"] >= 2 and all(p["address"] for p in s["peers"])
+                      and len(s["peers"]) == 2, timeout=120, what="two volunteers at epoch 2")
+    coordinator.popen.send_signal(signal.SIGKILL)
+    coordinator.popen.wait(10)
+
+    volunteer_address = status["peers"][0]["address"]
+    newcomer = local_swarm.start_volunteer("newcomer", [volunteer_address], ["--batch-size", "8"])
+    restarted, _ = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(run_dir), "--history",
+                                                  str(history), "--initial-peers", volunteer_address],
+                                                 name="coordinator-again", identity=coordinator.identity)
+    assert "resumed run " + status["run_id"] in restarted.log()
+    wait_for(history, lambda s: s["global_epoch"] >= status["global_epoch"] + 3 and any(
+        p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]), timeout=120,
+        what="epochs advancing with the newcomer after the coordinator's death")
+    local_swarm.stop_all([*volunteers, newcomer])

@@ -54,8 +54,9 @@ class LocalSwarm:
         self.peers: list[PeerProcess] = []
         self.on_spawn: Callable[[PeerProcess], None] = lambda peer: None
 
-    def _spawn(self, name: str, role: str, args: Sequence[str], report: bool) -> PeerProcess:
-        identity = Identity.temporary()
+    def _spawn(self, name: str, role: str, args: Sequence[str], report: bool,
+               identity: Optional[Identity] = None) -> PeerProcess:
+        identity = identity or Identity.temporary()
         log_path = self.workdir / f"{name}.log"
         report_path = self.workdir / f"{name}.report.json" if report else None
         command = [self.python, "-m", "crowdtrain", *args, "--identity", str(identity.path)]
@@ -71,10 +72,12 @@ class LocalSwarm:
         self.on_spawn(peer)
         return peer
 
-    def start_coordinator(self, args: Sequence[str] = (), name: str = "coordinator",
-                          timeout: float = 120.0) -> tuple[PeerProcess, str]:
-        """Start ``crowdtrain coordinator --loopback ...``; returns it and its address once published."""
-        peer = self._spawn(name, "coordinator", ["coordinator", "--loopback", *args], report=False)
+    def start_coordinator(self, args: Sequence[str] = (), name: str = "coordinator", timeout: float = 120.0,
+                          identity: Optional[Identity] = None) -> tuple[PeerProcess, str]:
+        """Start ``crowdtrain coordinator --loopback ...`` (a fresh identity unless one is given: a restart);
+        returns it and its address once the run is published."""
+        peer = self._spawn(name, "coordinator", ["coordinator", "--loopback", *args], report=False,
+                           identity=identity)
         return peer, self.wait_for_address(peer, timeout)
 
     def wait_for_address(self, peer: PeerProcess, timeout: float) -> str:
