@@ -62,7 +62,8 @@ class RunConfig:
     assets_sha256: str
     "sha256 of the recipe's assets (the tokenizer for ALBERT); volunteers verify what they receive."
     assets_size: int
-    assets_chunks: int
+    assets_chunks: list[str]
+    "Digests (first 16 hex digits of sha256) of the zlib-compressed asset chunks, in order."
     target_batch_size: int
     "Samples the whole swarm accumulates before one optimizer step (one global epoch)."
     max_epochs: int = 0
@@ -84,8 +85,9 @@ class RunConfig:
                  "must be a sha256 hex digest")
         _require(isinstance(self.assets_size, int) and 0 <= self.assets_size <= 16 * 2**20, "assets_size",
                  "must be between 0 and 16 MiB")
-        _require(isinstance(self.assets_chunks, int) and 0 <= self.assets_chunks <= 1024, "assets_chunks",
-                 "must be between 0 and 1024")
+        _require(isinstance(self.assets_chunks, list) and len(self.assets_chunks) <= 1024 and all(
+            isinstance(d, str) and len(d) == 16 and all(c in "0123456789abcdef" for c in d)
+            for d in self.assets_chunks), "assets_chunks", "must be a list of at most 1024 16-hex-digit digests")
         _require(isinstance(self.target_batch_size, int) and self.target_batch_size > 0, "target_batch_size",
                  "must be a positive integer")
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 0, "max_epochs",

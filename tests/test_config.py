@@ -8,7 +8,7 @@ from crowdtrain.errors import RunConfigError, UsageError
 
 def make_run(**overrides) -> RunConfig:
     fields = dict(run_id="run-0123456789abcdef", recipe="albert-tiny", hparams={"lr": 0.001},
-                  dataset={"kind": "stdlib-docstrings"}, assets_sha256="a" * 64, assets_size=10, assets_chunks=1,
+                  dataset={"kind": "stdlib-docstrings"}, assets_sha256="a" * 64, assets_size=10, assets_chunks=["0" * 16],
                   target_batch_size=64, max_epochs=5, created_at=1.0)
     fields.update(overrides)
     return RunConfig(**fields)
@@ -25,7 +25,7 @@ def test_run_config_round_trips_through_json():
 
 @pytest.mark.parametrize("field,value", [
     ("target_batch_size", 0), ("target_batch_size", -3), ("max_epochs", -1), ("run_id", "other"),
-    ("assets_sha256", "short"), ("version", 99), ("dataset", {}), ("assets_size", 2**40),
+    ("assets_sha256", "short"), ("version", 99), ("dataset", {}), ("assets_size", 2**40), ("assets_chunks", ["xyz"]),
 ])
 def test_run_config_rejects_bad_fields_naming_them(field, value):
     data = make_run().to_dict()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -29,7 +30,6 @@ from crowdtrain.errors import RunConfigError
 from crowdtrain.peers.identity import Identity
 
 logger = logging.getLogger(__name__)
-_OWNER_RE = RSASignatureValidator._PUBLIC_KEY_RE
 
 
 def owner_marker(identity: Identity) -> bytes:
@@ -37,44 +37,54 @@ def owner_marker(identity: Identity) -> bytes:
     return RSASignatureValidator.PUBLIC_KEY_FORMAT.replace(b"_key_", identity.public_key)
 
 
-def _owner_of(subkey: Any) -> Optional[bytes]:
-    keys = _OWNER_RE.findall(subkey) if isinstance(subkey, bytes) else []
-    return keys[0] if len(keys) == 1 else None
+def pack_assets(assets: bytes) -> list[bytes]:
+    """Compressed asset chunks small enough for one DHT store each."""
+    packed = zlib.compress(assets, 9)
+    return [packed[i : i + ASSET_CHUNK_BYTES] for i in range(0, len(packed), ASSET_CHUNK_BYTES)]
 
 
-def split_assets(assets: bytes) -> list[bytes]:
-    return [assets[i : i + ASSET_CHUNK_BYTES] for i in range(0, len(assets), ASSET_CHUNK_BYTES)]
+def chunk_digest(chunk: bytes) -> str:
+    return hashlib.sha256(chunk).hexdigest()[:16]
 
 
-def publish_run(dht: hivemind.DHT, identity: Identity, run: RunConfig, assets: bytes) -> bool:
-    """Store the announcement, the signed configuration and the asset chunks; True if all stored."""
+@dataclass(frozen=True)
+class RunRecords:
+    """Everything a newcomer needs to join a run. The coordinator publishes it, and so does every
+    volunteer (under its own subkey) so that the run outlives its coordinator: readers trust the
+    coordinator's signature on the configuration and the digests it lists, not the publisher."""
+
+    announcement: RunAnnouncement
+    document: dict[str, bytes]
+    chunks: list[bytes]
+
+    @classmethod
+    def create(cls, run: RunConfig, chunks: list[bytes], identity: Identity) -> "RunRecords":
+        announcement = RunAnnouncement(run_id=run.run_id, recipe=run.recipe, created_at=float(run.created_at))
+        return cls(announcement, sign_document(run.to_dict(), identity.private_key), chunks)
+
+
+def publish_run_records(dht: hivemind.DHT, identity: Identity, records: RunRecords) -> bool:
+    """Store announcement, signed configuration and asset chunks under ``identity``'s subkey."""
     marker, expiration = owner_marker(identity), get_dht_time() + RUN_RECORD_TTL
-    announcement = RunAnnouncement(run_id=run.run_id, recipe=run.recipe, created_at=float(run.created_at))
-    stored = [
-        dht.store(RUNS_KEY, announcement.to_value(), expiration, subkey=marker),
-        dht.store(config_key(run.run_id), sign_document(run.to_dict(), identity.private_key), expiration,
-                  subkey=marker),
-    ]
-    for index, chunk in enumerate(split_assets(assets)):
-        stored.append(dht.store(asset_key(run.run_id, index), chunk, expiration, subkey=marker))
+    run_id = records.announcement.run_id
+    stored = [dht.store(RUNS_KEY, records.announcement.to_value(), expiration, subkey=marker),
+              dht.store(config_key(run_id), records.document, expiration, subkey=marker)]
+    for index, chunk in enumerate(records.chunks):
+        stored.append(dht.store(asset_key(run_id, index), chunk, expiration, subkey=marker))
     return all(bool(s) for s in stored)
 
 
 def read_runs(dht: hivemind.DHT) -> list[RunAnnouncement]:
-    """Runs announced in this swarm whose announcement comes from the key their id is bound to."""
-    runs = []
+    """Runs announced in this swarm (by anyone: callers keep only runs whose configuration verifies)."""
+    runs: dict[str, RunAnnouncement] = {}
     for subkey, value in subkey_values(dht.get(RUNS_KEY, latest=True)).items():
-        owner = _owner_of(subkey)
         try:
             announcement = RunAnnouncement.from_value(value)
         except RecordError as e:
-            logger.warning(f"ignoring run announcement: {e}")
+            logger.debug(f"ignoring run announcement: {e}")
             continue
-        if owner is None or run_id_for(owner) != announcement.run_id:
-            logger.warning(f"ignoring run announcement {announcement.run_id}: not signed by the run's key")
-            continue
-        runs.append(announcement)
-    return sorted(runs, key=lambda r: r.created_at)
+        runs.setdefault(announcement.run_id, announcement)
+    return sorted(runs.values(), key=lambda r: r.created_at)
 
 
 def verify_run_config(run_id: str, document: Any) -> RunConfig:
@@ -88,35 +98,49 @@ def verify_run_config(run_id: str, document: Any) -> RunConfig:
     return config
 
 
-def read_run_config(dht: hivemind.DHT, run_id: str) -> Optional[RunConfig]:
-    """The newest valid configuration of ``run_id``; None if none is published (yet).
+@dataclass(frozen=True)
+class VerifiedConfig:
+    config: RunConfig
+    document: dict[str, bytes]
+
+
+def read_run_config(dht: hivemind.DHT, run_id: str) -> Optional[VerifiedConfig]:
+    """The newest valid configuration of ``run_id``, whoever stored it; None if none is published (yet).
 
     Raises :class:`RunConfigError` if configurations exist but none passes validation.
     """
     errors: list[str] = []
-    valid: list[RunConfig] = []
+    valid: list[VerifiedConfig] = []
     for document in subkey_values(dht.get(config_key(run_id), latest=True)).values():
         try:
-            valid.append(verify_run_config(run_id, document))
+            valid.append(VerifiedConfig(verify_run_config(run_id, document), document))
         except RunConfigError as e:
             errors.append(str(e))
     if valid:
-        return max(valid, key=lambda c: c.created_at)
+        return max(valid, key=lambda v: v.config.created_at)
     if errors:
         raise RunConfigError(f"refusing the run configuration of {run_id}: {errors[0]}")
     return None
 
 
-def read_assets(dht: hivemind.DHT, run: RunConfig) -> Optional[bytes]:
-    """The run's asset bytes, verified against the sha256 in its configuration; None if incomplete."""
+def read_asset_chunks(dht: hivemind.DHT, run: RunConfig) -> Optional[list[bytes]]:
+    """The compressed chunks listed in the signed configuration, from any publisher; None if incomplete."""
     chunks = []
-    for index in range(run.assets_chunks):
-        entries = subkey_values(dht.get(asset_key(run.run_id, index), latest=True))
-        chunk = next((v for s, v in entries.items() if _owner_of(s) and run_id_for(_owner_of(s)) == run.run_id), None)
-        if not isinstance(chunk, bytes):
+    for index, digest in enumerate(run.assets_chunks):
+        candidates = subkey_values(dht.get(asset_key(run.run_id, index), latest=True)).values()
+        chunk = next((c for c in candidates if isinstance(c, bytes) and chunk_digest(c) == digest), None)
+        if chunk is None:
             return None
         chunks.append(chunk)
-    assets = b"".join(chunks)
+    return chunks
+
+
+def unpack_assets(run: RunConfig, chunks: list[bytes]) -> bytes:
+    """Decompress and verify against the sha256 and size in the signed configuration."""
+    try:
+        assets = zlib.decompressobj().decompress(b"".join(chunks), run.assets_size + 1)
+    except zlib.error:
+        raise RunConfigError(f"assets of {run.run_id} are not valid compressed data") from None
     if len(assets) != run.assets_size or hashlib.sha256(assets).hexdigest() != run.assets_sha256:
         raise RunConfigError(f"assets of {run.run_id} do not match the sha256 in the signed run configuration")
     return assets

@@ -4,10 +4,11 @@ Records are owner-protected: their subkey holds the owner's ``[owner:<public key
 hivemind's :class:`RSASignatureValidator` rejects anyone else's writes; the pydantic schemas below
 reject wrong types at the DHT layer; the ``from_value`` parsers reject impossible values on read.
 
-Keys (``R`` = run id):
-- ``crowdtrain_runs``: subkey coordinator -> :class:`RunAnnouncement` (which runs this swarm hosts).
-- ``R_config``: subkey coordinator -> signed run configuration (see :mod:`crowdtrain.dht.signing`).
-- ``R_assets<i>``: subkey coordinator -> chunk ``i`` of the recipe assets (checked by sha256).
+Keys (``R`` = run id); the run's records are stored by the coordinator and re-published by every
+volunteer under its own subkey, so they outlive the coordinator; readers trust content, not publisher:
+- ``crowdtrain_runs``: subkey publisher -> :class:`RunAnnouncement` (which runs this swarm hosts).
+- ``R_config``: subkey publisher -> run configuration signed by the run's key (:mod:`crowdtrain.dht.signing`).
+- ``R_assets<i>``: subkey publisher -> compressed chunk ``i`` of the recipe assets (digest listed in the config).
 - ``R_peers``: subkey peer -> :class:`PeerRecord` (progress of one peer).
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
-from crowdtrain.dht.publish import publish_run, split_assets
+from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
 from crowdtrain.errors import UsageError
@@ -80,7 +80,7 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
     run = RunConfig(
         run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
-        assets_chunks=len(split_assets(assets)), target_batch_size=config.target_batch_size,
+        assets_chunks=[chunk_digest(c) for c in pack_assets(assets)], target_batch_size=config.target_batch_size,
         max_epochs=config.max_epochs, timeouts=config.timeouts, created_at=time.time(),
     )
     return run, assets
@@ -120,13 +120,14 @@ def run_coordinator(
     dht = start_dht(config.network, identity)
     try:
         dht.add_validators([run_validator(run.run_id)])
-        if not publish_run(dht, identity, run, assets):
+        records = RunRecords.create(run, pack_assets(assets), identity)
+        if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
         on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))
         last_publish = time.monotonic()
         while not stop.wait(config.log_interval):
             if time.monotonic() - last_publish >= config.republish_interval:
-                publish_run(dht, identity, run, assets)
+                publish_run_records(dht, identity, records)
                 last_publish = time.monotonic()
             on_status(swarm_status(dht, run))
     finally:

@@ -10,9 +10,9 @@ from typing import Optional
 import hivemind
 
 from crowdtrain.config import RunConfig
-from crowdtrain.dht.publish import read_assets, read_run_config, read_runs
-from crowdtrain.dht.records import run_validator
-from crowdtrain.errors import NetworkError, UsageError
+from crowdtrain.dht.publish import RunRecords, read_asset_chunks, read_run_config, read_runs, unpack_assets
+from crowdtrain.dht.records import RunAnnouncement, run_validator
+from crowdtrain.errors import NetworkError, RunConfigError, UsageError
 
 logger = logging.getLogger(__name__)
 POLL_PERIOD = 0.5
@@ -22,6 +22,8 @@ POLL_PERIOD = 0.5
 class JoinedRun:
     config: RunConfig
     assets: bytes
+    records: RunRecords
+    "The verified records as received, for this peer to re-publish."
 
 
 class RunNotFoundError(NetworkError):
@@ -39,15 +41,27 @@ def _wait_for(fetch, timeout: float, stop: Optional[threading.Event]):
 
 def choose_run_id(dht: hivemind.DHT, wanted: Optional[str], timeout: float,
                   stop: Optional[threading.Event] = None) -> str:
+    """The run to join: ``wanted``, or the only announced run backed by a validly signed configuration."""
+    rejected: dict[str, str] = {}
+
+    def has_valid_config(run_id: str) -> bool:
+        try:
+            return read_run_config(dht, run_id) is not None
+        except RunConfigError as e:
+            rejected[run_id] = str(e)
+            return False
+
     def fetch():
         runs = read_runs(dht)
         if wanted is not None:
             return wanted if any(r.run_id == wanted for r in runs) else None
-        return runs or None
+        return [r for r in runs if has_valid_config(r.run_id)] or None
 
     found = _wait_for(fetch, timeout, stop)
     if found is None:
-        what = f"run {wanted}" if wanted else "any run"
+        if rejected:
+            raise RunConfigError(next(iter(rejected.values())))
+        what = f"run {wanted}" if wanted else "run"
         raise RunNotFoundError(f"found no {what} in the swarm within {timeout:.0f} s")
     if isinstance(found, str):
         return found
@@ -62,11 +76,14 @@ def join_run(dht: hivemind.DHT, wanted: Optional[str], timeout: float,
     """Find the run, verify its signed configuration and fetch its assets (tokenizer)."""
     run_id = choose_run_id(dht, wanted, timeout, stop)
     dht.add_validators([run_validator(run_id)])
-    config = _wait_for(lambda: read_run_config(dht, run_id), timeout, stop)
-    if config is None:
+    verified = _wait_for(lambda: read_run_config(dht, run_id), timeout, stop)
+    if verified is None:
         raise RunNotFoundError(f"run {run_id} is announced but its configuration was not found within {timeout:.0f} s")
-    assets = _wait_for(lambda: read_assets(dht, config), timeout, stop)
-    if assets is None:
+    config = verified.config
+    chunks = _wait_for(lambda: read_asset_chunks(dht, config), timeout, stop)
+    if chunks is None:
         raise RunNotFoundError(f"the assets of run {run_id} were not found within {timeout:.0f} s")
+    records = RunRecords(RunAnnouncement(run_id=run_id, recipe=config.recipe, created_at=float(config.created_at)),
+                         verified.document, chunks)
     logger.info(f"joined run {run_id}: recipe {config.recipe}, target batch {config.target_batch_size}")
-    return JoinedRun(config=config, assets=assets)
+    return JoinedRun(config=config, assets=unpack_assets(config, chunks), records=records)

@@ -1,11 +1,13 @@
 """This peer's record in the DHT, refreshed from a background thread.
 
 A step can block for a whole averaging timeout; publishing from the training loop would make a busy
-peer look departed. The heartbeat keeps the record fresh whatever the loop is doing.
+peer look departed. The heartbeat keeps the record fresh whatever the loop is doing, and re-publishes
+the run's records (configuration, assets) now and then so that the run outlives its coordinator.
 """
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 import hivemind
@@ -17,9 +19,10 @@ from crowdtrain.peers.identity import Identity
 
 class Heartbeat:
     def __init__(self, dht: hivemind.DHT, identity: Identity, run_id: str, make_record: Callable[[], PeerRecord],
-                 interval: float):
+                 interval: float, republish: Callable[[], object], republish_interval: float):
         self.dht, self.identity, self.run_id = dht, identity, run_id
         self.make_record, self.interval = make_record, interval
+        self.republish, self.republish_interval = republish, republish_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -31,8 +34,12 @@ class Heartbeat:
         publish_peer(self.dht, self.identity, self.run_id, self.make_record())
 
     def _run(self) -> None:
+        last_republish = time.monotonic()
         while not self._stop.wait(self.interval):
             self.publish_now()
+            if time.monotonic() - last_republish >= self.republish_interval:
+                self.republish()
+                last_republish = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()

@@ -15,6 +15,7 @@ import torch
 from crowdtrain.config import VolunteerConfig
 from crowdtrain.errors import RunConfigError
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
+from crowdtrain.dht.publish import publish_run_records
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.discovery import JoinedRun, join_run
@@ -25,6 +26,7 @@ from crowdtrain.swarm.training import TrainingLoop
 from crowdtrain.trainers import Recipe, get_recipe
 
 logger = logging.getLogger(__name__)
+RUN_REPUBLISH_INTERVAL = 60.0  # well inside the run records' lifetime in the DHT
 
 
 @dataclass
@@ -140,8 +142,10 @@ class Volunteer:
         loop = TrainingLoop(recipe, model, optimizer, recipe.batches(shard_seed, self.config.batch_size),
                             self.config.batch_size, self.device, self.config.throttle)
         finish_state = FinishState()
-        heartbeat = Heartbeat(dht, self.identity, run.run_id, lambda: self._record(loop, optimizer, finish_state),
-                              self.config.publish_interval).start()
+        heartbeat = Heartbeat(
+            dht, self.identity, run.run_id, lambda: self._record(loop, optimizer, finish_state),
+            self.config.publish_interval, lambda: publish_run_records(dht, self.identity, joined.records),
+            RUN_REPUBLISH_INTERVAL).start()
         try:
             while not stop.is_set():
                 if run.max_epochs and max(optimizer.local_epoch, optimizer.tracker.global_epoch) >= run.max_epochs:
