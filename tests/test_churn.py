@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from crowdtrain.dht.records import PEER_RECORD_TTL
 from crowdtrain.swarm.summary import load_reports
 from crowdtrain.testing.processes import descendants
 
@@ -62,6 +63,8 @@ def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm,
 
     killed_at = last_status(history)["global_epoch"]
     wait_for_epoch(history, killed_at + 3, timeout=120)  # the survivors keep advancing
+    wait_for(history, lambda s: victim.name not in {p["name"] for p in s["peers"]}, timeout=PEER_RECORD_TTL + 5,
+             what="the killed volunteer gone from status")
 
     local_swarm.stop_all([veterans[1], newcomer])
     report = load_reports([newcomer.report_path])[0]

@@ -1,5 +1,9 @@
-"""Builds the hivemind.Optimizer that turns local steps into global, averaged steps."""
+"""The hivemind.Optimizer that turns local steps into global, averaged steps, with our fixes."""
 from __future__ import annotations
+
+import logging
+import random
+import time
 
 import hivemind
 import torch
@@ -7,6 +11,43 @@ import torch
 from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
 from crowdtrain.trainers.base import Recipe
+
+
+logger = logging.getLogger(__name__)
+DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
+LOAD_STATE_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
+
+
+class SwarmOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer whose state download backs off when no donor answers.
+
+    hivemind retries the download on every step, at once, when every donor fails (it returns
+    silently, and libp2p's dial back-off makes each retry fail instantly): a newcomer spins without
+    training. Here a failed download waits with exponential back-off (and jitter, so that many
+    newcomers do not retry in step), keeps training from this peer's own state meanwhile, and says so
+    in one warning line.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._failed_downloads = 0
+        self._next_download = 0.0
+
+    def _should_load_state_from_peers(self) -> bool:
+        return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
+
+    def load_state_from_peers(self, **kwargs) -> None:
+        super().load_state_from_peers(**kwargs)
+        if self.local_epoch >= self.tracker.global_epoch - 1:
+            self._failed_downloads = 0
+            return
+        self._failed_downloads += 1
+        first, longest = LOAD_STATE_BACKOFF
+        delay = min(longest, first * 2 ** (self._failed_downloads - 1)) * random.uniform(0.75, 1.25)
+        self._next_download = time.monotonic() + delay
+        if self._failed_downloads == 1:
+            logger.warning(f"no peer sent the current state (epoch {self.tracker.global_epoch}); training on from "
+                           f"this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
 
 
 def build_swarm_optimizer(
@@ -29,7 +70,7 @@ def build_swarm_optimizer(
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
     """
     timeouts = run.timeouts
-    return hivemind.Optimizer(
+    return SwarmOptimizer(
         dht=dht,
         run_id=run.run_id,
         target_batch_size=run.target_batch_size,
@@ -44,7 +85,7 @@ def build_swarm_optimizer(
         delay_optimizer_step=False,
         delay_grad_averaging=False,
         client_mode=client_mode,
-        averager_opts={"request_timeout": timeouts.request_timeout},
+        averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD},
         tracker_opts={"private_key": identity.private_key},
         verbose=False,
     )
