@@ -1,12 +1,11 @@
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from crowdtrain.testing.local_swarm import LocalSwarm
-from crowdtrain.testing.processes import descendants
+from crowdtrain.testing.processes import descendants, wait_gone
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("CROWDTRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="crowdtrain-test-cache-"))
@@ -38,21 +37,10 @@ def local_swarm(tmp_path: Path):
         for pid in list(tracked):
             tracked.update(descendants(pid))
         swarm.close()
-        deadline = time.monotonic() + ORPHAN_GRACE_S
-        while any(_alive(pid) for pid in tracked) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        leftovers = [(pid, _cmdline(pid)) for pid in tracked if _alive(pid)]
+        leftovers = [(pid, _cmdline(pid)) for pid in wait_gone(tracked, ORPHAN_GRACE_S)]
         for pid, _ in leftovers:
             os.kill(pid, 9)
         assert not leftovers, f"processes left running after the test: {leftovers}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _cmdline(pid: int) -> str:

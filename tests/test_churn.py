@@ -7,7 +7,7 @@ import pytest
 
 from crowdtrain.dht.records import PEER_RECORD_TTL
 from crowdtrain.swarm.summary import load_reports
-from crowdtrain.testing.processes import descendants
+from crowdtrain.testing.processes import descendants, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--request-timeout", "0.5",
@@ -33,14 +33,6 @@ def wait_for_epoch(history, epoch, timeout):
     return wait_for(history, lambda s: s["global_epoch"] >= epoch, timeout, f"global epoch {epoch}")
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm, tmp_path):
     history = tmp_path / "history.jsonl"
     _, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(tmp_path / "run"),
@@ -56,10 +48,7 @@ def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm,
     tree = descendants(victim.popen.pid) | {victim.popen.pid}
     assert len(tree) >= 4, "expected the volunteer's DHT, averager and p2pd processes"
     victim.popen.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in tree if alive(pid)], "processes of the killed volunteer outlived it by 5 s"
+    assert not wait_gone(tree, 5.0), "processes of the killed volunteer outlived it by 5 s"
 
     killed_at = last_status(history)["global_epoch"]
     wait_for_epoch(history, killed_at + 3, timeout=120)  # the survivors keep advancing
@@ -94,3 +83,22 @@ def test_swarm_survives_the_coordinator(local_swarm, tmp_path):
         p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]), timeout=120,
         what="epochs advancing with the newcomer after the coordinator's death")
     local_swarm.stop_all([*volunteers, newcomer])
+
+
+def test_newcomer_without_live_donor_trains_on_with_one_warning(local_swarm, tmp_path):
+    """The only donor died: the newcomer must not spin on it (hivemind alone stalled ~53 s here)."""
+    history = tmp_path / "history.jsonl"
+    _, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(tmp_path / "run"),
+                                                "--history", str(history)])
+    donor = local_swarm.start_volunteer("donor", [address], ["--batch-size", "16"])
+    wait_for_epoch(history, 3, timeout=120)
+    donor.popen.send_signal(signal.SIGKILL)
+    donor.popen.wait(10)
+
+    newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8"])
+    wait_for(history, lambda s: any(p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]),
+             timeout=90, what="the newcomer's contribution")
+    local_swarm.stop_all([newcomer])
+    report = load_reports([newcomer.report_path])[0]
+    assert report["loss_history"][0][0] - report["joined_at"] < 20.0, "the newcomer stalled on the dead donor"
+    assert newcomer.log().count("no peer sent the current state") == 1

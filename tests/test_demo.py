@@ -7,26 +7,9 @@ import time
 
 import pytest
 
-from crowdtrain.testing.processes import descendants
+from crowdtrain.testing.processes import descendants, is_alive, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _wait_gone(pids, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    alive = set(pids)
-    while alive and time.monotonic() < deadline:
-        alive = {pid for pid in alive if _alive(pid)}
-        time.sleep(0.2)
-    return alive
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_demo_trains_a_swarm_and_writes_summary(tmp_path):
@@ -52,7 +35,7 @@ def test_interrupted_demo_stops_everything(tmp_path):
     try:
         tracked: set[int] = set()
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len([p for p in tracked if _alive(p)]) < 8:
+        while time.monotonic() < deadline and len([p for p in tracked if is_alive(p)]) < 8:
             tracked |= descendants(demo.pid)  # coordinator, volunteers and their helpers
             time.sleep(0.5)
         time.sleep(3)
@@ -64,4 +47,4 @@ def test_interrupted_demo_stops_everything(tmp_path):
             demo.kill()
     assert demo.returncode == 130, output[-3000:]
     assert "Traceback" not in output
-    assert not _wait_gone(tracked), "processes of the demo survived it"
+    assert not wait_gone(tracked, 5.0), "processes of the demo survived it"

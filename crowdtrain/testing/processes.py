@@ -28,3 +28,24 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 stack.append(child)
     return found
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_gone(pids: set[int], timeout: float) -> set[int]:
+    """Wait up to ``timeout`` for every pid to end; returns those still alive."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    alive = {pid for pid in pids if is_alive(pid)}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = {pid for pid in alive if is_alive(pid)}
+    return alive
