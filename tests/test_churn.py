@@ -102,3 +102,30 @@ def test_newcomer_without_live_donor_trains_on_with_one_warning(local_swarm, tmp
     report = load_reports([newcomer.report_path])[0]
     assert report["loss_history"][0][0] - report["joined_at"] < 20.0, "the newcomer stalled on the dead donor"
     assert newcomer.log().count("no peer sent the current state") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_rolling_churn_for_five_minutes(local_swarm, tmp_path):
+    """Every 15-20 s one random volunteer is SIGKILLed and a new one starts; the run keeps advancing."""
+    import random
+
+    rng = random.Random(0)
+    history = tmp_path / "history.jsonl"
+    _, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(tmp_path / "run"),
+                                                "--history", str(history)])
+    volunteers = [local_swarm.start_volunteer(f"v{i}", [address], ["--batch-size", "8"]) for i in range(3)]
+    wait_for_epoch(history, 2, timeout=120)
+    started, killed_trees, epochs = time.monotonic(), [], [last_status(history)["global_epoch"]]
+    while time.monotonic() - started < 300:
+        time.sleep(rng.uniform(15, 20))
+        victim = volunteers.pop(rng.randrange(len(volunteers)))
+        tree = descendants(victim.popen.pid) | {victim.popen.pid}
+        victim.popen.send_signal(signal.SIGKILL)
+        killed_trees.append(tree)
+        volunteers.append(local_swarm.start_volunteer(f"v{len(local_swarm.peers)}", [address], ["--batch-size", "8"]))
+        epochs.append(last_status(history)["global_epoch"])
+    assert all(not wait_gone(tree, 5.0) for tree in killed_trees), "a killed volunteer left processes behind"
+    assert epochs[-1] >= epochs[0] + 30, f"the run stalled under churn: global epochs {epochs}"
+    assert sum(b > a for a, b in zip(epochs, epochs[1:])) >= len(epochs) - 3, f"stalls under churn: {epochs}"
+    local_swarm.stop_all(volunteers)
