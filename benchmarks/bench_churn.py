@@ -1,11 +1,12 @@
-"""Training under churn vs. the same swarm without churn, measured in the same run.
+"""Training under churn vs. the same swarm without churn, for crowdtrain and for hivemind used
+directly (``raw_hivemind_volunteer.py``), all measured in the same run.
 
 Both scenarios: a coordinator and 3 volunteers (micro-batch 8) for DURATION seconds after the first
 global epoch. With churn, every 15-20 s (seeded) one random volunteer is SIGKILLed and a new one
 starts. Figures come from the coordinator's status history (what the swarm itself publishes):
 global epochs, longest stall between two global epochs, newcomer time-to-first-contribution
-(process start -> first status with samples > 0), and the swarm loss reached per sample folded
-into the model.
+(process start -> first status with samples > 0), processes of killed volunteers still alive 5 s
+after the kill, and the swarm loss reached per sample folded into the model.
 
     python benchmarks/bench_churn.py --duration 300
 """
@@ -13,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from crowdtrain.testing.local_swarm import LocalSwarm
+from crowdtrain.testing.processes import descendants, wait_gone
+
+RAW_LAUNCHER = [sys.executable, str(Path(__file__).with_name("raw_hivemind_volunteer.py"))]
 
 COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--request-timeout", "0.5",
                "--averaging-timeout", "8", "--load-state-timeout", "15", "--log-interval", "1"]
@@ -39,18 +45,31 @@ def _wait_first_epoch(path: Path, timeout: float = 180) -> None:
     raise RuntimeError("the swarm made no global epoch")
 
 
-def run_scenario(churn: bool, duration: float, seed: int) -> dict:
+def _reap(tracked: set[int]) -> int:
+    """Kill (by pid) what survived its volunteer; returns how many had to be killed."""
+    leftovers = wait_gone(tracked, 5.0)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(leftovers)
+
+
+def run_scenario(system: str, churn: bool, duration: float, seed: int) -> dict:
     rng = random.Random(seed)
-    workdir = Path(tempfile.mkdtemp(prefix=f"crowdtrain-churn-{int(churn)}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"crowdtrain-churn-{system}-{int(churn)}-"))
     history = workdir / "history.jsonl"
     started_at: dict[str, float] = {}
+    launcher = RAW_LAUNCHER if system == "hivemind" else None
+    orphans, tracked = 0, set()
     with LocalSwarm(workdir) as swarm:
         _, address = swarm.start_coordinator([*COORDINATOR, "--run-dir", str(workdir / "run"),
                                               "--history", str(history)])
 
         def start(name: str):
             started_at[name] = time.time()
-            return swarm.start_volunteer(name, [address], ["--batch-size", "8"])
+            return swarm.start_volunteer(name, [address], ["--batch-size", "8"], launcher=launcher)
 
         volunteers = [start(f"v{i}") for i in range(3)]
         _wait_first_epoch(history)
@@ -59,9 +78,14 @@ def run_scenario(churn: bool, duration: float, seed: int) -> dict:
             time.sleep(min(rng.uniform(15, 20), max(0.0, duration - (time.time() - t0))))
             if churn and time.time() - t0 < duration:
                 victim = volunteers.pop(rng.randrange(len(volunteers)))
+                tree = descendants(victim.popen.pid)
                 victim.popen.send_signal(signal.SIGKILL)
+                orphans += _reap(tree)
                 volunteers.append(start(f"v{len(started_at)}"))
+        for volunteer in volunteers:
+            tracked |= descendants(volunteer.popen.pid)
         swarm.stop_all(volunteers, timeout=60)
+    _reap(tracked)
     statuses = [s for s in _history(history) if s["time"] >= t0]
     epoch_times = {}
     for s in statuses:
@@ -75,7 +99,8 @@ def run_scenario(churn: bool, duration: float, seed: int) -> dict:
     newcomers = [first_seen[n] - started_at[n] for n in started_at if n in first_seen and n not in ("v0", "v1", "v2")]
     last = statuses[-1]
     return {
-        "churn": churn, "volunteers_started": len(started_at), "global_epochs": last["global_epoch"],
+        "system": system, "churn": churn, "volunteers_started": len(started_at),
+        "orphans_5s_after_kill": orphans, "global_epochs": last["global_epoch"],
         "longest_stall_s": round(max((b - a for a, b in zip(times, times[1:])), default=0.0), 1),
         "newcomer_first_contribution_s": {"median": round(statistics.median(newcomers), 1) if newcomers else None,
                                           "max": round(max(newcomers), 1) if newcomers else None},
@@ -87,11 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--systems", default="crowdtrain,hivemind", help="comma-separated: crowdtrain, hivemind")
     args = parser.parse_args()
-    calm = run_scenario(False, args.duration, args.seed)
-    churn = run_scenario(True, args.duration, args.seed)
-    print(json.dumps({"without_churn": calm, "with_churn": churn,
-                      "epochs_ratio": round(churn["global_epochs"] / max(1, calm["global_epochs"]), 3)}, indent=2))
+    results = {}
+    for system in args.systems.split(","):
+        calm = run_scenario(system, False, args.duration, args.seed)
+        churn = run_scenario(system, True, args.duration, args.seed)
+        results[system] = {"without_churn": calm, "with_churn": churn,
+                           "epochs_ratio": round(churn["global_epochs"] / max(1, calm["global_epochs"]), 3)}
+        print(json.dumps({system: results[system]}), flush=True)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -55,11 +55,12 @@ class LocalSwarm:
         self.on_spawn: Callable[[PeerProcess], None] = lambda peer: None
 
     def _spawn(self, name: str, role: str, args: Sequence[str], report: bool,
-               identity: Optional[Identity] = None) -> PeerProcess:
+               identity: Optional[Identity] = None, launcher: Optional[Sequence[str]] = None) -> PeerProcess:
         identity = identity or Identity.temporary()
         log_path = self.workdir / f"{name}.log"
         report_path = self.workdir / f"{name}.report.json" if report else None
-        command = [self.python, "-m", "crowdtrain", *args, "--identity", str(identity.path)]
+        launcher = launcher or [self.python, "-m", "crowdtrain"]
+        command = [*launcher, *args, "--identity", str(identity.path)]
         if report_path is not None:
             command += ["--report", str(report_path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -91,9 +92,12 @@ class LocalSwarm:
             time.sleep(0.2)
         raise LaunchError(f"{peer.name} printed no address within {timeout:.0f} s")
 
-    def start_volunteer(self, name: str, addresses: Sequence[str], args: Sequence[str] = ()) -> PeerProcess:
-        """Start ``crowdtrain join --loopback ADDRESS ...`` with a fresh identity and a JSON report."""
-        return self._spawn(name, "volunteer", ["join", *addresses, "--loopback", "--name", name, *args], report=True)
+    def start_volunteer(self, name: str, addresses: Sequence[str], args: Sequence[str] = (),
+                        launcher: Optional[Sequence[str]] = None) -> PeerProcess:
+        """Start ``crowdtrain join --loopback ADDRESS ...`` with a fresh identity and a JSON report
+        (``launcher`` replaces ``python -m crowdtrain``, e.g. for a benchmark's control volunteer)."""
+        return self._spawn(name, "volunteer", ["join", *addresses, "--loopback", "--name", name, *args], report=True,
+                           launcher=launcher)
 
     def signal(self, peer: PeerProcess, sig: int) -> None:
         if peer.alive:
