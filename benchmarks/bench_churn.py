@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from crowdtrain.swarm.status import read_history
 from crowdtrain.testing.local_swarm import LocalSwarm
 from crowdtrain.testing.processes import descendants, wait_gone
 
@@ -32,14 +33,10 @@ COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--reques
                "--averaging-timeout", "8", "--load-state-timeout", "15", "--log-interval", "1"]
 
 
-def _history(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _wait_first_epoch(path: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(s["global_epoch"] >= 1 for s in _history(path)):
+        if any(s["global_epoch"] >= 1 for s in read_history(path)):
             return
         time.sleep(0.5)
     raise RuntimeError("the swarm made no global epoch")
@@ -86,13 +83,13 @@ def run_scenario(system: str, churn: bool, duration: float, seed: int) -> dict:
             tracked |= descendants(volunteer.popen.pid)
         swarm.stop_all(volunteers, timeout=60)
     _reap(tracked)
-    statuses = [s for s in _history(history) if s["time"] >= t0]
+    statuses = [s for s in read_history(history) if s["time"] >= t0]
     epoch_times = {}
     for s in statuses:
         epoch_times.setdefault(s["global_epoch"], s["time"])
     times = sorted(epoch_times.values())
     first_seen = {}
-    for s in _history(history):
+    for s in read_history(history):
         for p in s["peers"]:
             if p["samples"] > 0:
                 first_seen.setdefault(p["name"], s["time"])

@@ -1,11 +1,11 @@
 """Peers come and go: newcomers catch up from live peers, a SIGKILLed volunteer leaves nothing behind."""
-import json
 import signal
 import time
 
 import pytest
 
 from crowdtrain.dht.records import PEER_RECORD_TTL
+from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import load_reports
 from crowdtrain.testing.processes import descendants, wait_gone
 
@@ -15,8 +15,8 @@ COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--reques
 
 
 def last_status(path):
-    lines = path.read_text().strip().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else None
+    history = read_history(path)
+    return history[-1] if history else None
 
 
 def wait_for(history, condition, timeout, what):

@@ -11,6 +11,7 @@ from crowdtrain.cli.common import StopSignal, setup_logging
 from crowdtrain.config import DEFAULT_DEMO_PROFILES, DemoConfig, VolunteerProfile
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.progress import ProgressLine
+from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import format_summary, load_reports, plot_summary, summarize
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
 
@@ -52,16 +53,6 @@ def _volunteer_args(profile: VolunteerProfile) -> list[str]:
             "--progress-interval", "1000"]
 
 
-def _last_status(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    lines = path.read_text().strip().splitlines()
-    try:
-        return json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        return None
-
-
 def _watch(config: DemoConfig, volunteers: list[PeerProcess], stop: StopSignal) -> float:
     """Show live progress until the duration is over; returns seconds trained."""
     progress = ProgressLine(interval=5.0)
@@ -70,8 +61,9 @@ def _watch(config: DemoConfig, volunteers: list[PeerProcess], stop: StopSignal) 
         elapsed = time.monotonic() - started
         if elapsed >= config.duration:
             break
-        status = _last_status(config.out_dir / "history.jsonl")
-        if status is not None:
+        history = read_history(config.out_dir / "history.jsonl")
+        if history:
+            status = history[-1]
             loss = "-" if status["loss"] is None else f"{status['loss']:.3f}"
             progress.update(f"[{elapsed:5.0f}/{config.duration:.0f} s] global epoch {status['global_epoch']} | "
                             f"peers {len(status['peers'])} | {status['samples_per_second']:.0f} samples/s | loss {loss}")

@@ -58,9 +58,15 @@ class RunRecords:
     chunks: list[bytes]
 
     @classmethod
-    def create(cls, run: RunConfig, chunks: list[bytes], identity: Identity) -> "RunRecords":
+    def of(cls, run: RunConfig, document: dict[str, bytes], chunks: list[bytes]) -> "RunRecords":
+        """The records of ``run``, with its signed ``document`` as received or created."""
         announcement = RunAnnouncement(run_id=run.run_id, recipe=run.recipe, created_at=float(run.created_at))
-        return cls(announcement, sign_document(run.to_dict(), identity.private_key), chunks)
+        return cls(announcement, document, chunks)
+
+    @classmethod
+    def create(cls, run: RunConfig, chunks: list[bytes], identity: Identity) -> "RunRecords":
+        """The coordinator's records: signs the configuration with the run's key."""
+        return cls.of(run, sign_document(run.to_dict(), identity.private_key), chunks)
 
 
 def publish_run_records(dht: hivemind.DHT, identity: Identity, records: RunRecords) -> bool:

@@ -80,17 +80,18 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
     run = RunConfig(
         run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
-        assets_chunks=[chunk_digest(c) for c in pack_assets(assets)], target_batch_size=config.target_batch_size,
+        assets_chunks=[], target_batch_size=config.target_batch_size,
         max_epochs=config.max_epochs, timeouts=config.timeouts, created_at=time.time(),
     )
     return run, assets
 
 
-def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfig, bytes, bool]:
-    """(run configuration, assets, resumed?): resumes the identity's saved run if there is one.
+def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfig, list[bytes], bool]:
+    """(run configuration, packed asset chunks, resumed?): resumes the identity's saved run if there is one.
 
     On resume, recipe, hyper-parameters, data and assets stay; batch size, epochs and timeouts
-    follow the new command line.
+    follow the new command line. The assets are packed once, here, and the configuration lists the
+    digests of exactly these chunks (another zlib build may compress a resumed run's assets differently).
     """
     run_id = run_id_for(identity.public_key)
     run_dir = run_directory(config, run_id)
@@ -104,8 +105,10 @@ def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfi
                                   timeouts=config.timeouts, created_at=time.time())
     else:
         run, assets = _new_run(config, run_id)
+    chunks = pack_assets(assets)
+    run = dataclasses.replace(run, assets_chunks=[chunk_digest(c) for c in chunks])
     _save(run_dir, run, assets)
-    return run, assets, saved is not None
+    return run, chunks, saved is not None
 
 
 def run_coordinator(
@@ -116,11 +119,11 @@ def run_coordinator(
     on_status: Callable[[dict[str, Any]], None],
 ) -> None:
     """Publish the run and report its status every ``log_interval`` seconds until ``stop`` is set."""
-    run, assets, resumed = prepare_run(config, identity)
+    run, chunks, resumed = prepare_run(config, identity)
     dht = start_dht(config.network, identity)
     try:
         dht.add_validators([run_validator(run.run_id)])
-        records = RunRecords.create(run, pack_assets(assets), identity)
+        records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
         on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))

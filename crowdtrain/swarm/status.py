@@ -1,7 +1,9 @@
 """The run's state as read from the DHT: the document of ``crowdtrain status --json``."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import hivemind
@@ -69,3 +71,19 @@ def format_status(status: dict[str, Any]) -> str:
     if not status["peers"]:
         lines.append("(no peers online)")
     return "\n".join(lines)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Status documents written by ``crowdtrain coordinator --history`` (JSON lines), oldest first.
+
+    The coordinator may be writing the last line right now: a line that does not parse is skipped.
+    """
+    if not Path(path).exists():
+        return []
+    statuses = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            statuses.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return statuses

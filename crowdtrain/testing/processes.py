@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 
 
@@ -41,8 +42,6 @@ def is_alive(pid: int) -> bool:
 
 def wait_gone(pids: set[int], timeout: float) -> set[int]:
     """Wait up to ``timeout`` for every pid to end; returns those still alive."""
-    import time
-
     deadline = time.monotonic() + timeout
     alive = {pid for pid in pids if is_alive(pid)}
     while alive and time.monotonic() < deadline:
