@@ -23,7 +23,7 @@ from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
 from crowdtrain.swarm.optimizer import build_swarm_optimizer
 from crowdtrain.swarm.training import TrainingLoop
-from crowdtrain.trainers import Recipe, get_recipe
+from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
 logger = logging.getLogger(__name__)
 RUN_REPUBLISH_INTERVAL = 60.0  # well inside the run records' lifetime in the DHT
@@ -97,6 +97,7 @@ class Volunteer:
     def run(self, stop: threading.Event, on_joined: Callable[[JoinedRun, str], None],
             on_progress: Callable[[VolunteerStatus], None], after_hivemind_started: Callable[[], None]) -> VolunteerReport:
         torch.set_num_threads(self.config.threads)
+        preload_recipes()
         dht = start_dht(self.config.network, self.identity)
         optimizer: Optional[hivemind.Optimizer] = None
         try:

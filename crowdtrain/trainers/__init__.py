@@ -6,6 +6,6 @@
 - ``albert.py``: ``albert-tiny`` masked-language modelling with ``transformers`` ALBERT.
 """
 from crowdtrain.trainers.base import Batch, EvalResult, Recipe
-from crowdtrain.trainers.registry import RECIPES, UnknownRecipeError, get_recipe
+from crowdtrain.trainers.registry import RECIPES, UnknownRecipeError, get_recipe, preload_recipes
 
-__all__ = ["Batch", "EvalResult", "Recipe", "RECIPES", "UnknownRecipeError", "get_recipe"]
+__all__ = ["Batch", "EvalResult", "Recipe", "RECIPES", "UnknownRecipeError", "get_recipe", "preload_recipes"]

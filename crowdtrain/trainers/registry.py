@@ -19,3 +19,10 @@ def get_recipe(name: str) -> type[Recipe]:
     except KeyError:
         raise UnknownRecipeError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}") from None
     return getattr(importlib.import_module(module), attribute)
+
+
+def preload_recipes() -> None:
+    """Import every recipe's code now (transformers takes seconds): a volunteer does this before it
+    joins, so that its first step follows the state download instead of a long import."""
+    for name in RECIPES:
+        get_recipe(name)
