@@ -3,7 +3,8 @@
 hivemind lets a peer that missed the last round step alone, so peers can reach ``max_epochs`` with
 slightly different parameters. When the run is over:
 
-1. each peer waits for its own pending updates and for every live peer to reach the final epoch;
+1. each peer waits for its own pending updates (a peer that missed the last round first downloads
+   the state of a peer at the final epoch) and for every live peer to reach the final epoch;
 2. one *canonical* peer is chosen the same way by all: the lowest peer id among the non-client peers
    at the highest epoch;
 3. the canonical peer raises its state-sharing priority and marks itself ``finished``; the others stop
@@ -61,7 +62,10 @@ class RunFinisher:
 
     def finish(self) -> bool:
         """Returns True if this peer leaves with the canonical final state."""
-        self.optimizer.state_averager.step(wait_for_delayed_updates=True)
+        averager = self.optimizer.state_averager
+        averager.step(wait_for_delayed_updates=True)
+        if averager.local_epoch < self.run.max_epochs:  # missed the last round: the others wait for us
+            averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout)
         self.publish()
         self._wait(lambda live: all(r.epoch >= self.run.max_epochs for r in live))
         records = live_peers(self.dht, self.run.run_id)
