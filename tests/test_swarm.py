@@ -29,10 +29,11 @@ def test_three_volunteers_train_together_to_max_epochs(local_swarm, tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         status = json.loads(result.stdout)
-        if len(status["peers"]) == 3 and status["global_epoch"] >= 1:
+        peers = status["peers"]
+        if len(peers) == 3 and status["global_epoch"] >= 1 and all(p["samples"] > 0 for p in peers):
             break
     assert {p["name"] for p in status["peers"]} == set(SPEEDS)
-    assert all(p["samples"] > 0 and p["last_seen_s"] < 10 for p in status["peers"])
+    assert all(p["samples"] > 0 and p["last_seen_s"] < 10 for p in status["peers"]), status["peers"]
 
     for volunteer in volunteers:  # they stop by themselves at max_epochs
         assert volunteer.popen.wait(timeout=200) == 0, volunteer.log()[-3000:]
