@@ -179,12 +179,16 @@ class VolunteerConfig:
     "Which run to join when the swarm hosts several; None joins the only one."
     name: str = ""
     "Volunteer name shown in status and on the leaderboard."
-    batch_size: int = 8
-    "Micro-batch size (samples per local step)."
+    batch_size: Optional[int] = None
+    "Micro-batch size (samples per local step); None picks it by a short measured probe."
     throttle: float = 0.0
     "Sleep this multiple of each step's compute time: emulates slower hardware in demos."
-    threads: int = 1
-    "torch CPU threads."
+    threads: Optional[int] = None
+    "torch CPU threads; None uses all cores but one."
+    max_hours: float = 0.0
+    "Leave the run after this many hours of training; 0 means no limit."
+    max_samples: int = 0
+    "Leave the run after contributing this many samples; 0 means no limit."
     evaluate: bool = False
     "Evaluate the held-out metric at start and at exit."
     report_path: Optional[Path] = None
@@ -196,9 +200,11 @@ class VolunteerConfig:
     progress_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        _require(self.batch_size > 0, "batch_size", "must be positive", UsageError)
+        _require(self.batch_size is None or self.batch_size > 0, "batch_size", "must be positive", UsageError)
         _require(self.throttle >= 0, "throttle", "must be >= 0", UsageError)
-        _require(self.threads > 0, "threads", "must be positive", UsageError)
+        _require(self.threads is None or self.threads > 0, "threads", "must be positive", UsageError)
+        _require(math.isfinite(self.max_hours) and self.max_hours >= 0, "max_hours", "must be >= 0", UsageError)
+        _require(self.max_samples >= 0, "max_samples", "must be >= 0", UsageError)
         _require(len(self.name) <= 64, "name", "must be at most 64 characters", UsageError)
 
 

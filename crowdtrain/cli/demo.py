@@ -49,7 +49,7 @@ def _coordinator_args(config: DemoConfig) -> list[str]:
 
 
 def _volunteer_args(profile: VolunteerProfile) -> list[str]:
-    return ["--batch-size", str(profile.batch_size), "--throttle", str(profile.throttle), "--evaluate",
+    return ["--batch-size", str(profile.batch_size), "--throttle", str(profile.throttle), "--threads", "1", "--evaluate",
             "--progress-interval", "1000"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from crowdtrain.cli.common import StopSignal, add_network_options, load_identity, network_from_args, setup_logging
 from crowdtrain.config import VolunteerConfig
 from crowdtrain.errors import UsageError
-from crowdtrain.swarm.discovery import JoinedRun
+from crowdtrain.swarm.join_plan import JoinPlan
 from crowdtrain.swarm.progress import ProgressLine
 from crowdtrain.swarm.volunteer import Volunteer, VolunteerStatus
 
@@ -20,12 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", nargs="*", metavar="ADDRESS",
                         help="multiaddr(s) of any peer of the run: /ip4/HOST/tcp/PORT/p2p/PEERID (comma-separated ok)")
     vol = parser.add_argument_group("volunteer")
-    vol.add_argument("--name", default="", help="your volunteer name, shown in status")
+    vol.add_argument("--name", default="", help="your volunteer name, shown in status and on the leaderboard")
     vol.add_argument("--run-id", default=None, help="which run to join if the swarm hosts several")
-    vol.add_argument("--batch-size", type=int, default=8, help="micro-batch size (samples per local step)")
-    vol.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    vol.add_argument("--throttle", type=float, default=0.0,
-                     help="sleep this multiple of each step's compute time (emulate a slower machine)")
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--batch-size", type=int, default=None,
+                         help="micro-batch size (samples per local step); default: picked by a short measured probe")
+    compute.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores but one)")
+    compute.add_argument("--throttle", type=float, default=0.0,
+                         help="sleep this multiple of each step's compute time (emulate a slower machine)")
+    limits = parser.add_argument_group("limits (the volunteer leaves cleanly when one is reached; Ctrl-C too)")
+    limits.add_argument("--max-hours", type=float, default=0.0, help="train at most this many hours (0: no limit)")
+    limits.add_argument("--max-samples", type=int, default=0,
+                        help="contribute at most this many samples (0: no limit)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--evaluate", action="store_true", help="evaluate the held-out metric at start and exit")
     out.add_argument("--report", type=Path, default=None, metavar="PATH", help="write a JSON report at exit")
@@ -43,7 +49,8 @@ def config_from_args(args: argparse.Namespace, identity_path: Path) -> Volunteer
     try:
         return VolunteerConfig(
             network=network_from_args(args, args.address, identity_path), run_id=args.run_id, name=args.name,
-            batch_size=args.batch_size, throttle=args.throttle, threads=args.threads, evaluate=args.evaluate,
+            batch_size=args.batch_size, throttle=args.throttle, threads=args.threads, max_hours=args.max_hours,
+            max_samples=args.max_samples, evaluate=args.evaluate,
             report_path=args.report, export_path=args.export, discovery_timeout=args.discovery_timeout,
             progress_interval=args.progress_interval)
     except ValueError as e:
@@ -53,8 +60,10 @@ def config_from_args(args: argparse.Namespace, identity_path: Path) -> Volunteer
 def _format(status: VolunteerStatus) -> str:
     epochs = f"{status.epoch}/{status.max_epochs}" if status.max_epochs else str(status.epoch)
     loss = "-" if status.loss is None else f"{status.loss:.3f}"
-    return (f"epoch {epochs} | {status.samples_per_second:.1f} samples/s | "
-            f"{status.samples} samples | loss {loss}")
+    share = "-" if status.share is None else f"{status.share:.0%}"
+    next_round = "-" if status.next_round_s is None else f"{status.next_round_s:.0f} s"
+    return (f"epoch {epochs} | {status.samples_per_second:.1f} samples/s | {status.samples} samples | "
+            f"loss {loss} | share of this epoch {share} | next round in {next_round}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     stop = StopSignal()
     progress = ProgressLine(interval=config.progress_interval)
 
-    def on_joined(joined: JoinedRun, device: str) -> None:
-        run_config = joined.config
-        logger.info(f"joined run {run_config.run_id}: recipe {run_config.recipe}, device {device}, "
-                    f"micro-batch {config.batch_size}, target batch {run_config.target_batch_size}")
+    def on_joined(plan: JoinPlan) -> None:
+        logger.info("plan:")
+        for line in plan.lines():
+            logger.info(f"  {line}")
 
     volunteer = Volunteer(config, identity)
     try:

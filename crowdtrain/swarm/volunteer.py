@@ -11,22 +11,27 @@ from typing import Callable, Optional
 
 import hivemind
 import torch
+from hivemind.utils import get_dht_time
 
 from crowdtrain.config import VolunteerConfig
 from crowdtrain.errors import RunConfigError
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
-from crowdtrain.dht.publish import publish_run_records
+from crowdtrain.dht.publish import publish_run_records, read_peers
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
+from crowdtrain.swarm.device import DeviceInfo, default_threads, describe, detect_device
 from crowdtrain.swarm.discovery import JoinedRun, join_run
 from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
+from crowdtrain.swarm.join_plan import JoinPlan, upload_per_round
 from crowdtrain.swarm.optimizer import build_swarm_optimizer
 from crowdtrain.swarm.training import TrainingLoop
 from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
 logger = logging.getLogger(__name__)
 RUN_REPUBLISH_INTERVAL = 60.0  # well inside the run records' lifetime in the DHT
+MAX_SHOWN_ETA = 86400.0  # hivemind's estimate of the next round is effectively infinite when no one else trains
 
 
 @dataclass
@@ -65,6 +70,10 @@ class VolunteerStatus:
     samples: int
     samples_per_second: float
     loss: Optional[float]
+    share: Optional[float] = None
+    "This peer's part of the samples accumulated towards the current global epoch."
+    next_round_s: Optional[float] = None
+    "Estimated seconds until the swarm's next averaging round."
 
 
 def build_recipe(joined: JoinedRun) -> Recipe:
@@ -76,14 +85,6 @@ def build_recipe(joined: JoinedRun) -> Recipe:
         raise RunConfigError(f"cannot use the configuration of run {run.run_id}: {e}") from None
 
 
-def detect_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 class Volunteer:
     """Composes DHT, recipe, swarm optimizer and training loop for one ``crowdtrain join``."""
 
@@ -93,10 +94,13 @@ class Volunteer:
         self.device = detect_device()
         self.report = VolunteerReport(peer_id=str(identity.peer_id), name=config.name)
         self.address = ""
+        self.batch_size = config.batch_size or 0
+        self.shard_seed = int.from_bytes(identity.peer_id.to_bytes()[-8:], "big")
 
-    def run(self, stop: threading.Event, on_joined: Callable[[JoinedRun, str], None],
+    def run(self, stop: threading.Event, on_joined: Callable[[JoinPlan], None],
             on_progress: Callable[[VolunteerStatus], None], after_hivemind_started: Callable[[], None]) -> VolunteerReport:
-        torch.set_num_threads(self.config.threads)
+        threads = self.config.threads or default_threads()
+        torch.set_num_threads(threads)
         preload_recipes()
         dht = start_dht(self.config.network, self.identity)
         optimizer: Optional[hivemind.Optimizer] = None
@@ -106,12 +110,14 @@ class Volunteer:
             self.address = "" if self.config.network.client_mode else (visible_addresses(dht) or [""])[0]
             recipe = build_recipe(joined)
             model = recipe.build_model().to(self.device)
-            on_joined(joined, str(self.device))
+            plan = self._plan(joined, recipe, model, dht, describe(self.device, threads))
+            self.batch_size = plan.batch_size
+            on_joined(plan)
             if self.config.evaluate:
                 self._evaluate(recipe, model, start=True)
             optimizer = build_swarm_optimizer(
                 dht=dht, identity=self.identity, run=joined.config, recipe=recipe, model=model,
-                batch_size=self.config.batch_size, client_mode=self.config.network.client_mode)
+                batch_size=self.batch_size, client_mode=self.config.network.client_mode)
             after_hivemind_started()
             self._train(joined, recipe, model, optimizer, dht, stop, on_progress)
             optimizer.state_averager.step(wait_for_delayed_updates=True)  # the last update lands before export
@@ -128,6 +134,35 @@ class Volunteer:
                 self.report.write(Path(self.config.report_path))
         return self.report
 
+    def _plan(self, joined: JoinedRun, recipe: Recipe, model: torch.nn.Module, dht: hivemind.DHT,
+              device: DeviceInfo) -> JoinPlan:
+        """Measure this machine on the run's recipe; pick the micro-batch unless it was given."""
+        run = joined.config
+        others = [r for r in read_peers(dht, run.run_id).records if r.peer_id != str(self.identity.peer_id)]
+        if self.config.batch_size:
+            trial = measure(recipe, model, self.device, self.config.batch_size, self.shard_seed)
+            batch_size, samples_per_second, note = self.config.batch_size, trial.samples_per_second, ""
+        else:
+            limits = ProbeLimits(target_batch_size=run.target_batch_size,
+                                 others_samples_per_second=sum(r.samples_per_second for r in others),
+                                 memory_budget=device.free_memory // 2)
+            probe = probe_batch_size(recipe, model, self.device, limits, self.shard_seed)
+            batch_size, samples_per_second, note = probe.batch_size, probe.samples_per_second, probe.stopped_because
+        parameters = sum(p.numel() for p in model.parameters())
+        return JoinPlan(
+            run_id=run.run_id, recipe=run.recipe, role=self.role, device=device.name, parameters=parameters,
+            batch_size=batch_size, batch_auto=not self.config.batch_size, batch_note=note,
+            samples_per_second=samples_per_second / (1 + self.config.throttle),
+            target_batch_size=run.target_batch_size, peers_online=len(others),
+            upload_bytes_per_round=upload_per_round(parameters, len(others) + 1, self.config.network.client_mode))
+
+    def _limit_reached(self, samples: int, started: float) -> str:
+        if self.config.max_samples and samples >= self.config.max_samples:
+            return f"reached --max-samples={self.config.max_samples}"
+        if self.config.max_hours and time.monotonic() - started >= self.config.max_hours * 3600:
+            return f"reached --max-hours={self.config.max_hours:g}"
+        return ""
+
     def _evaluate(self, recipe: Recipe, model: torch.nn.Module, start: bool) -> None:
         result = recipe.evaluate(model)
         self.report.eval_metric = result.metric
@@ -139,26 +174,27 @@ class Volunteer:
     def _train(self, joined: JoinedRun, recipe: Recipe, model: torch.nn.Module, optimizer: hivemind.Optimizer,
                dht: hivemind.DHT, stop: threading.Event, on_progress: Callable[[VolunteerStatus], None]) -> None:
         run = joined.config
-        shard_seed = int.from_bytes(self.identity.peer_id.to_bytes()[-8:], "big")
-        loop = TrainingLoop(recipe, model, optimizer, recipe.batches(shard_seed, self.config.batch_size),
-                            self.config.batch_size, self.device, self.config.throttle)
+        loop = TrainingLoop(recipe, model, optimizer, recipe.batches(self.shard_seed, self.batch_size),
+                            self.batch_size, self.device, self.config.throttle)
         finish_state = FinishState()
         heartbeat = Heartbeat(
             dht, self.identity, run.run_id, lambda: self._record(loop, optimizer, finish_state),
             self.config.publish_interval, lambda: publish_run_records(dht, self.identity, joined.records),
             RUN_REPUBLISH_INTERVAL).start()
+        started = time.monotonic()
         try:
             while not stop.is_set():
+                limit = self._limit_reached(loop.stats.samples, started)
+                if limit:
+                    self.report.stop_reason = limit
+                    break
                 if run.max_epochs and max(optimizer.local_epoch, optimizer.tracker.global_epoch) >= run.max_epochs:
                     self.report.stop_reason = f"run reached max_epochs={run.max_epochs}"
                     RunFinisher(run=run, optimizer=optimizer, dht=dht, me=str(self.identity.peer_id),
                                 state=finish_state, publish=heartbeat.publish_now, stop=stop).finish()
                     break
                 loop.step()
-                stats = loop.stats
-                on_progress(VolunteerStatus(epoch=optimizer.local_epoch, max_epochs=run.max_epochs,
-                                            samples=stats.samples, samples_per_second=stats.samples_per_second,
-                                            loss=stats.recent_loss))
+                on_progress(_status(loop, optimizer, run.max_epochs))
             else:
                 self.report.stop_reason = "stopped by signal"
         finally:
@@ -177,3 +213,13 @@ class Volunteer:
         self.report.samples, self.report.steps, self.report.final_epoch = stats.samples, stats.steps, epoch
         self.report.epochs_seen = sorted(stats.epochs_seen)
         self.report.loss_history = stats.loss_history
+
+
+def _status(loop: TrainingLoop, optimizer: hivemind.Optimizer, max_epochs: int) -> VolunteerStatus:
+    stats, tracker = loop.stats, optimizer.tracker
+    swarm_samples = tracker.global_progress.samples_accumulated
+    share = min(1.0, tracker.local_progress.samples_accumulated / swarm_samples) if swarm_samples > 0 else None
+    next_round = max(0.0, tracker.global_progress.eta_next_epoch - get_dht_time())
+    return VolunteerStatus(epoch=optimizer.local_epoch, max_epochs=max_epochs, samples=stats.samples,
+                           samples_per_second=stats.samples_per_second, loss=stats.recent_loss, share=share,
+                           next_round_s=next_round if next_round < MAX_SHOWN_ETA else None)
