@@ -125,6 +125,8 @@ class NetworkConfig:
     "TCP port to listen on; 0 picks a free one."
     announce_host: Optional[str] = None
     "Public IP to advertise instead of the listening address (for peers behind port forwarding)."
+    announce_port: Optional[int] = None
+    "Public TCP port to advertise when the router forwards another port to ``port``."
     nat_port_map: bool = True
     "Ask the home router for a port mapping (UPnP / NAT-PMP). Off for demo, tests and loopback."
     client_mode: bool = False
@@ -136,6 +138,12 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}", UsageError)
         _require(self.startup_timeout > 0, "startup_timeout", "must be positive", UsageError)
+        _require(self.announce_port is None or 1 <= self.announce_port <= 65535, "public_port",
+                 f"must be in 1..65535, got {self.announce_port}", UsageError)
+        _require(self.announce_port is None or self.announce_host is not None, "public_port",
+                 "needs --public-ip as well", UsageError)
+        _require(self.announce_host is None or self.port != 0 or self.announce_port is not None, "public_ip",
+                 "needs --port (the port your router forwards to this machine) or --public-port", UsageError)
         if self.identity_path is not None:
             self.identity_path = Path(self.identity_path)
 
@@ -198,6 +206,8 @@ class VolunteerConfig:
     discovery_timeout: float = 30.0
     publish_interval: float = 2.0
     progress_interval: float = 5.0
+    check_reachability: bool = True
+    "Ask a peer to dial this one back at start; switch to client mode (with advice) if it cannot."
 
     def __post_init__(self) -> None:
         _require(self.batch_size is None or self.batch_size > 0, "batch_size", "must be positive", UsageError)

@@ -24,6 +24,8 @@ def add_network_options(parser: argparse.ArgumentParser, *, listen: bool = True)
         group.add_argument("--port", type=int, default=0, help="TCP port to listen on (default: any free port)")
         group.add_argument("--public-ip", default=None, dest="announce_host",
                            help="public IP to announce (with a forwarded --port) instead of the local address")
+        group.add_argument("--public-port", type=int, default=None, dest="announce_port",
+                           help="public port to announce when the router forwards it to a different --port")
         group.add_argument("--client-mode", action="store_true",
                            help="accept no incoming connections (behind NAT); still contributes")
     group.add_argument("--loopback", action="store_true",
@@ -61,6 +63,7 @@ def network_from_args(args: argparse.Namespace, initial_peers: list[str], identi
         host=LOOPBACK if loopback else getattr(args, "host", "0.0.0.0"),
         port=getattr(args, "port", 0),
         announce_host=getattr(args, "announce_host", None),
+        announce_port=getattr(args, "announce_port", None),
         nat_port_map=args.nat_port_map and not loopback,
         client_mode=getattr(args, "client_mode", False),
         identity_path=identity_path,

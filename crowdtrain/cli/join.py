@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--progress-interval", type=float, default=5.0,
                      help="seconds between progress lines when output is not a terminal")
     add_network_options(parser)
+    parser.add_argument("--no-reachability-check", dest="check_reachability", action="store_false",
+                        help="do not ask a peer to dial this one back at start (a full peer stays full)")
     parser.add_argument("--discovery-timeout", type=float, default=30.0,
                         help="seconds to wait for the run's configuration")
 
@@ -50,7 +52,7 @@ def config_from_args(args: argparse.Namespace, identity_path: Path) -> Volunteer
         return VolunteerConfig(
             network=network_from_args(args, args.address, identity_path), run_id=args.run_id, name=args.name,
             batch_size=args.batch_size, throttle=args.throttle, threads=args.threads, max_hours=args.max_hours,
-            max_samples=args.max_samples, evaluate=args.evaluate,
+            max_samples=args.max_samples, check_reachability=args.check_reachability, evaluate=args.evaluate,
             report_path=args.report, export_path=args.export, discovery_timeout=args.discovery_timeout,
             progress_interval=args.progress_interval)
     except ValueError as e:

@@ -55,7 +55,7 @@ def _host_maddrs(network: NetworkConfig) -> list[str]:
 def _announce_maddrs(network: NetworkConfig) -> list[str] | None:
     if network.announce_host is None:
         return None
-    return [f"/ip4/{network.announce_host}/tcp/{network.port}"]
+    return [f"/ip4/{network.announce_host}/tcp/{network.announce_port or network.port}"]
 
 
 def start_dht(network: NetworkConfig, identity: Identity) -> hivemind.DHT:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records
+from crowdtrain.dht.reachability import serve_dialback
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
 from crowdtrain.errors import UsageError
@@ -123,6 +124,8 @@ def run_coordinator(
     dht = start_dht(config.network, identity)
     try:
         dht.add_validators([run_validator(run.run_id)])
+        if not config.network.client_mode:
+            serve_dialback(dht)
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")

@@ -1,6 +1,7 @@
 """A volunteer: joins the run, trains with the swarm, reports progress, leaves cleanly."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -17,6 +18,7 @@ from crowdtrain.config import VolunteerConfig
 from crowdtrain.errors import RunConfigError
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_run_records, read_peers
+from crowdtrain.dht.reachability import Reachability, check_reachability, serve_dialback
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
@@ -76,6 +78,14 @@ class VolunteerStatus:
     "Estimated seconds until the swarm's next averaging round."
 
 
+def unreachable_advice(reachability: Reachability, port: int) -> str:
+    tried = ", ".join(reachability.dialled)
+    forward = f"TCP port {port}" if port else "a TCP port (pick one with --port)"
+    return (f"other peers cannot dial this machine (a peer tried {tried}): to accept connections, forward "
+            f"{forward} to this machine and pass --port/--public-ip; joining in client mode meanwhile "
+            f"(it still contributes fully, through outgoing connections)")
+
+
 def build_recipe(joined: JoinedRun) -> Recipe:
     """The run's recipe on this peer; a configuration this peer cannot use is a one-line error."""
     run = joined.config
@@ -90,7 +100,8 @@ class Volunteer:
 
     def __init__(self, config: VolunteerConfig, identity: Identity):
         self.config, self.identity = config, identity
-        self.role = "client" if config.network.client_mode else "full"
+        self.client_mode = config.network.client_mode
+        self.role = "client" if self.client_mode else "full"
         self.device = detect_device()
         self.report = VolunteerReport(peer_id=str(identity.peer_id), name=config.name)
         self.address = ""
@@ -102,12 +113,12 @@ class Volunteer:
         threads = self.config.threads or default_threads()
         torch.set_num_threads(threads)
         preload_recipes()
-        dht = start_dht(self.config.network, self.identity)
+        dht = self._start_dht()
         optimizer: Optional[hivemind.Optimizer] = None
         try:
             joined = join_run(dht, self.config.run_id, self.config.discovery_timeout, stop)
             self.report.run_id, self.report.joined_at = joined.config.run_id, time.time()
-            self.address = "" if self.config.network.client_mode else (visible_addresses(dht) or [""])[0]
+            self.address = "" if self.client_mode else (visible_addresses(dht) or [""])[0]
             recipe = build_recipe(joined)
             model = recipe.build_model().to(self.device)
             plan = self._plan(joined, recipe, model, dht, describe(self.device, threads))
@@ -117,7 +128,7 @@ class Volunteer:
                 self._evaluate(recipe, model, start=True)
             optimizer = build_swarm_optimizer(
                 dht=dht, identity=self.identity, run=joined.config, recipe=recipe, model=model,
-                batch_size=self.batch_size, client_mode=self.config.network.client_mode)
+                batch_size=self.batch_size, client_mode=self.client_mode)
             after_hivemind_started()
             self._train(joined, recipe, model, optimizer, dht, stop, on_progress)
             optimizer.state_averager.step(wait_for_delayed_updates=True)  # the last update lands before export
@@ -133,6 +144,25 @@ class Volunteer:
             if self.config.report_path:
                 self.report.write(Path(self.config.report_path))
         return self.report
+
+    def _start_dht(self) -> hivemind.DHT:
+        """A full peer if others can dial it; otherwise, after one line of advice, a client-mode peer."""
+        network = self.config.network
+        dht = start_dht(network, self.identity)
+        if network.client_mode:
+            return dht
+        serve_dialback(dht)
+        if not self.config.check_reachability or not network.initial_peers:
+            return dht
+        reachability = check_reachability(dht, network.initial_peers, visible_addresses(dht))
+        if reachability.reachable is None:
+            logger.info("no peer answered the reachability check; staying a full peer")
+        if reachability.reachable is not False:
+            return dht
+        logger.warning(unreachable_advice(reachability, network.port))
+        shutdown_dht(dht)
+        self.client_mode, self.role = True, "client"
+        return start_dht(dataclasses.replace(network, client_mode=True), self.identity)
 
     def _plan(self, joined: JoinedRun, recipe: Recipe, model: torch.nn.Module, dht: hivemind.DHT,
               device: DeviceInfo) -> JoinPlan:
@@ -154,7 +184,7 @@ class Volunteer:
             batch_size=batch_size, batch_auto=not self.config.batch_size, batch_note=note,
             samples_per_second=samples_per_second / (1 + self.config.throttle),
             target_batch_size=run.target_batch_size, peers_online=len(others),
-            upload_bytes_per_round=upload_per_round(parameters, len(others) + 1, self.config.network.client_mode))
+            upload_bytes_per_round=upload_per_round(parameters, len(others) + 1, self.client_mode))
 
     def _limit_reached(self, samples: int, started: float) -> str:
         if self.config.max_samples and samples >= self.config.max_samples:
