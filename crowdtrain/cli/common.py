@@ -38,11 +38,16 @@ def add_network_options(parser: argparse.ArgumentParser, *, listen: bool = True)
 def add_timeout_options(parser: argparse.ArgumentParser) -> None:
     defaults = Timeouts()
     group = parser.add_argument_group("swarm-wide timeouts (seconds)")
-    group.add_argument("--matchmaking-time", type=float, default=defaults.matchmaking_time)
-    group.add_argument("--averaging-timeout", type=float, default=defaults.averaging_timeout)
-    group.add_argument("--load-state-timeout", type=float, default=defaults.load_state_timeout)
-    group.add_argument("--request-timeout", type=float, default=defaults.request_timeout)
-    group.add_argument("--next-chunk-timeout", type=float, default=defaults.next_chunk_timeout)
+    group.add_argument("--matchmaking-time", type=float, default=defaults.matchmaking_time,
+                       help=f"gather an averaging group for this long (default {defaults.matchmaking_time:g})")
+    group.add_argument("--averaging-timeout", type=float, default=defaults.averaging_timeout,
+                       help=f"give up a round after this long, keep local progress (default {defaults.averaging_timeout:g})")
+    group.add_argument("--load-state-timeout", type=float, default=defaults.load_state_timeout,
+                       help=f"give up a state download from one peer (default {defaults.load_state_timeout:g})")
+    group.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
+                       help=f"one matchmaking request; below --matchmaking-time (default {defaults.request_timeout:g})")
+    group.add_argument("--next-chunk-timeout", type=float, default=defaults.next_chunk_timeout,
+                       help=f"drop an all-reduce peer this slow to send (default {defaults.next_chunk_timeout:g})")
 
 
 def timeouts_from_args(args: argparse.Namespace) -> Timeouts:
