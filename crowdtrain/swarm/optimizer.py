@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import hivemind
 import torch
@@ -16,6 +18,17 @@ from crowdtrain.trainers.base import Recipe
 logger = logging.getLogger(__name__)
 DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
 LOAD_STATE_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
+
+
+@dataclass
+class AveragingStats:
+    """This peer's gradient averaging so far, for its progress record (read by the heartbeat thread)."""
+
+    samples_averaged: int = 0
+    "Samples of this peer that went into completed global steps: averaged rounds, or steps alone in the swarm."
+    rounds: int = 0
+    failures: int = 0
+    last_round_seconds: Optional[float] = None
 
 
 class SwarmOptimizer(hivemind.Optimizer):
@@ -32,6 +45,26 @@ class SwarmOptimizer(hivemind.Optimizer):
         super().__init__(**kwargs)
         self._failed_downloads = 0
         self._next_download = 0.0
+        self.averaging_stats = AveragingStats()
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
+        control = maybe_step_control
+        samples = self.grad_averager.local_samples_accumulated if control is None else int(control.weight)
+        started = time.perf_counter()
+        super()._average_gradients_and_load_into_optimizer(control)
+        stats = self.averaging_stats
+        if control is None:
+            if self.tracker.global_progress.num_peers <= 1:  # a global step of this peer alone
+                stats.samples_averaged += samples
+            else:
+                stats.failures += 1
+            return
+        stats.last_round_seconds = time.perf_counter() - started
+        if control.done() and not control.cancelled() and control.exception() is None:
+            stats.rounds += 1
+            stats.samples_averaged += samples
+        else:
+            stats.failures += 1
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
