@@ -11,6 +11,7 @@ from crowdtrain.dashboard.metrics import swarm_registry
 from crowdtrain.dashboard.store import DashboardStore, HistoryPoint
 from crowdtrain.dashboard.tracker import Reading
 from crowdtrain.dht.records import PeerRecord
+from crowdtrain.swarm.optimizer import AveragingStats
 
 HOUR = 3600.0
 RUN = "run-0123456789abcdef"
@@ -124,3 +125,12 @@ def test_metrics_render_swarm_and_per_peer_series():
                  'crowdtrain_averaging_round_seconds{name="alice",peer_id="QmA",role="full"} 0.5']:
         assert line in text, text
     assert generate_latest(swarm_registry(lambda: None)) == b""
+
+
+def test_averaging_stats_credit_averaged_rounds_and_lone_steps_only():
+    stats = AveragingStats()
+    stats.record(32, alone=True, round_=None)  # the only peer: its global step uses its samples
+    stats.record(16, alone=False, round_=(True, 0.8))
+    stats.record(24, alone=False, round_=(False, 15.0))  # all-reduce failed: local gradients only
+    stats.record(8, alone=False, round_=None)  # could not start a round
+    assert (stats.samples_averaged, stats.rounds, stats.failures, stats.last_round_seconds) == (48, 1, 2, 15.0)

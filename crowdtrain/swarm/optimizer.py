@@ -30,6 +30,18 @@ class AveragingStats:
     failures: int = 0
     last_round_seconds: Optional[float] = None
 
+    def record(self, samples: int, alone: bool, round_: Optional[tuple[bool, float]]) -> None:
+        """One global step with this peer's ``samples``; ``round_`` is (averaged?, seconds) if it tried a round."""
+        if round_ is None:  # no round: a step alone counts, a round that could not start is a failure
+            averaged = alone
+        else:
+            averaged, self.last_round_seconds = round_
+            self.rounds += int(averaged)
+        if averaged:
+            self.samples_averaged += samples
+        else:
+            self.failures += 1
+
 
 class SwarmOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer whose state download backs off when no donor answers.
@@ -38,7 +50,7 @@ class SwarmOptimizer(hivemind.Optimizer):
     silently, and libp2p's dial back-off makes each retry fail instantly): a newcomer spins without
     training. Here a failed download waits with exponential back-off (and jitter, so that many
     newcomers do not retry in step), keeps training from this peer's own state meanwhile, and says so
-    in one warning line.
+    in one warning line. It also counts its averaging rounds (:class:`AveragingStats`) for its record.
     """
 
     def __init__(self, **kwargs):
@@ -46,25 +58,21 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._failed_downloads = 0
         self._next_download = 0.0
         self.averaging_stats = AveragingStats()
+        self._round: Optional[tuple[bool, float]] = None
+
+    def _update_global_epoch(self, grad_scaler) -> None:
+        samples, alone = self.grad_averager.local_samples_accumulated, self.tracker.global_progress.num_peers <= 1
+        self._round = None
+        super()._update_global_epoch(grad_scaler)
+        self.averaging_stats.record(samples, alone, self._round)
 
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
-        control = maybe_step_control
-        samples = self.grad_averager.local_samples_accumulated if control is None else int(control.weight)
         started = time.perf_counter()
-        super()._average_gradients_and_load_into_optimizer(control)
-        stats = self.averaging_stats
-        if control is None:
-            if self.tracker.global_progress.num_peers <= 1:  # a global step of this peer alone
-                stats.samples_averaged += samples
-            else:
-                stats.failures += 1
-            return
-        stats.last_round_seconds = time.perf_counter() - started
-        if control.done() and not control.cancelled() and control.exception() is None:
-            stats.rounds += 1
-            stats.samples_averaged += samples
-        else:
-            stats.failures += 1
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        control = maybe_step_control
+        averaged = (control is not None and control.done() and not control.cancelled()
+                    and control.exception() is None)
+        self._round = (averaged, time.perf_counter() - started)
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
