@@ -1,6 +1,7 @@
 """The dashboard of one run: store, tracker and web server, started and stopped together."""
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from crowdtrain.config import DashboardConfig, RunConfig, default_data_dir
 from crowdtrain.dashboard.server import DashboardData, ServerThread, build_app
 from crowdtrain.dashboard.store import DashboardStore
 from crowdtrain.dashboard.tracker import RunTracker
-from crowdtrain.errors import UsageError
+from crowdtrain.errors import NetworkError
 
 logger = logging.getLogger(__name__)
 STORE_FILE = "dashboard.sqlite"
@@ -41,13 +42,11 @@ class ModelSize:
     def __init__(self, run: RunConfig, assets: Optional[bytes]):
         self.run, self.assets = run, assets
         self.value: Optional[int] = None
-        self._started = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._once = threading.Lock()
 
     def get(self) -> Optional[int]:
-        if self.assets is not None and self._started.acquire(blocking=False):
-            self._thread = threading.Thread(target=self._compute, name="dashboard-model-size", daemon=True)
-            self._thread.start()
+        if self.assets is not None and self._once.acquire(blocking=False):
+            threading.Thread(target=self._compute, name="dashboard-model-size", daemon=True).start()
         return self.value
 
     def _compute(self) -> None:
@@ -77,8 +76,9 @@ class Dashboard:
             port = self.server.start()
         except OSError as e:
             self.store.close()
-            raise UsageError(f"cannot serve the dashboard on {self.config.host}:{self.config.port}: "
-                             f"{e.strerror or e}; choose another --dashboard-port (0: any free port)") from None
+            reason = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise NetworkError(f"cannot serve the dashboard on {self.config.host}:{self.config.port}: {reason}; "
+                               f"choose another --dashboard-port (0: any free port)") from None
         self.tracker.start()
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
         self.url = f"http://{host}:{port}/"

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import hivemind
+
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
 from crowdtrain.dashboard import Dashboard
 from crowdtrain.dht.node import preferred_address, shutdown_dht, start_dht, visible_addresses
@@ -146,7 +148,7 @@ def run_coordinator(
         shutdown_dht(dht)
 
 
-def _start_dashboard(config: CoordinatorConfig, dht, run: RunConfig, chunks: list[bytes],
+def _start_dashboard(config: CoordinatorConfig, dht: hivemind.DHT, run: RunConfig, chunks: list[bytes],
                      addresses: list[str]) -> Dashboard:
     """The coordinator's dashboard reads the swarm like any other; it lists this run directory's checkpoints."""
     dashboard_config = dataclasses.replace(config.dashboard,
