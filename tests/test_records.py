@@ -60,3 +60,23 @@ def test_records_of_peers_without_the_averaging_and_eval_fields_still_parse():
 def test_impossible_averaging_or_eval_fields_are_rejected(overrides):
     with pytest.raises(RecordError):
         PeerRecord.from_value(record(**overrides))
+
+
+def test_dht_schema_accepts_records_of_older_peers_without_the_new_fields():
+    from hivemind.dht.protocol import DHTProtocol
+    from hivemind.dht.routing import DHTID
+    from hivemind.dht.validation import DHTRecord
+
+    from crowdtrain.dht.publish import owner_marker
+    from crowdtrain.dht.records import peers_key, run_validator
+    from crowdtrain.peers.identity import Identity
+
+    run_id, owner = "run-0123456789abcdef", Identity.temporary()
+    older = {k: v for k, v in record().items() if k not in ("samples_averaged", "averaging_rounds",
+                                                            "averaging_failures", "round_seconds", "eval_metric",
+                                                            "eval_value")}
+    for value, valid in ((record(), True), (older, True), (record(samples_averaged=1.5), False)):
+        stored = DHTRecord(key=DHTID.generate(source=peers_key(run_id)).to_bytes(),
+                           subkey=DHTProtocol.serializer.dumps(owner_marker(owner)),
+                           value=DHTProtocol.serializer.dumps(value), expiration_time=time.time() + 10)
+        assert run_validator(run_id).validate(stored) is valid, value

@@ -87,6 +87,11 @@ class _PeerSchema(BaseModel):
     eval_metric: constr(strict=True, max_length=32) = ""
     eval_value: Optional[StrictFloat] = None
 
+    def dict(self, **kwargs) -> dict[str, Any]:
+        # hivemind's SchemaValidator refuses a record unless parsing returns exactly the stored value:
+        # fields that an older peer's record omits must stay omitted instead of taking their defaults.
+        return super().dict(**{**kwargs, "exclude_unset": True})
+
 
 class _RunSchema(BaseModel):
     config: Dict[BytesWithPublicKey, _SignedDocumentSchema]

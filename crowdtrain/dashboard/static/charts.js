@@ -4,23 +4,19 @@
 const Charts = (() => {
   const PAD = { left: 52, right: 10, top: 8, bottom: 22 };
 
-  function niceTicks(lo, hi, count, integer) {
-    if (hi === lo) { hi = lo + 1; }
+  function tickStep(lo, hi, count, integer) {
     const raw = (hi - lo) / count;
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    let step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
-    if (integer) { step = Math.max(1, Math.round(step)); }
-    const ticks = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) { ticks.push(v); }
-    return ticks;
+    const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+    return integer ? Math.max(1, Math.round(step)) : step;
   }
 
-  function label(v) {
+  function label(v, step) {
+    if (Math.abs(v) < step * 1e-6) { v = 0; }
     const a = Math.abs(v);
     if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
-    if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
-    if (a >= 10 || Number.isInteger(v)) return v.toFixed(0);
-    return v.toPrecision(2);
+    if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
+    return v.toFixed(Math.max(0, -Math.floor(Math.log10(step) + 1e-9)));
   }
 
   function clock(t, withSeconds) {
@@ -69,16 +65,18 @@ const Charts = (() => {
     ctx.lineWidth = 1;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (const v of niceTicks(lo, hi, 4, opts.integer)) {
+    const step = tickStep(lo, hi, 4, opts.integer);
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
       ctx.beginPath(); ctx.moveTo(PAD.left, y(v)); ctx.lineTo(w - PAD.right, y(v)); ctx.stroke();
-      ctx.fillText(label(v), PAD.left - 6, y(v));
+      ctx.fillText(label(v, step), PAD.left - 6, y(v));
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const xTicks = Math.max(2, Math.floor((w - PAD.left) / 110));
     for (let i = 0; i <= xTicks; i++) {
-      const t = t0 + (t1 - t0) * i / xTicks;
-      ctx.fillText(clock(t, t1 - t0 < 600), Math.min(Math.max(x(t), PAD.left + 14), w - 18), h - PAD.bottom + 6);
+      const t = t0 + (t1 - t0) * i / xTicks, text = clock(t, t1 - t0 < 600);
+      const half = ctx.measureText(text).width / 2 + 2;
+      ctx.fillText(text, Math.min(Math.max(x(t), PAD.left + half), w - half), h - PAD.bottom + 6);
     }
 
     ctx.strokeStyle = opts.color;
