@@ -184,25 +184,6 @@ def test_browser_page_updates_live_and_lists_every_volunteer(training, browser):
     page.close()
 
 
-def test_api_run_is_the_status_document_and_agrees_with_the_cli(training):
-    before = ok(training.url, "/api/run")
-    cli = subprocess.run([sys.executable, "-m", "crowdtrain", "status", training.address, "--loopback", "--json"],
-                         capture_output=True, text=True, timeout=90)
-    after = ok(training.url, "/api/run")
-    assert cli.returncode == 0, cli.stderr
-    status = json.loads(cli.stdout)
-    assert set(after) == set(status) and set(after["peers"][0]) == set(status["peers"][0])
-    for key in ("run_id", "recipe", "max_epochs", "target_batch_size"):
-        assert after[key] == status[key]
-    assert before["global_epoch"] <= status["global_epoch"] <= after["global_epoch"]
-    assert {p["name"] for p in status["peers"]} == set(VOLUNTEERS)
-    earlier = {p["peer_id"]: p for p in before["peers"]}
-    for peer in status["peers"]:
-        later = next(p for p in after["peers"] if p["peer_id"] == peer["peer_id"])
-        slack = later["samples_per_second"] * UPDATE_INTERVAL + BATCH
-        assert earlier[peer["peer_id"]]["samples"] - slack <= peer["samples"] <= later["samples"] + slack
-
-
 def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
     def averaged_everyone():
         peers = ok(training.url, "/api/peers")["peers"]
@@ -231,6 +212,25 @@ def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
                          metrics), metrics
         assert re.search(rf'crowdtrain_averaging_rounds_total{{name="{name}".*}} [1-9]', metrics), metrics
     assert "crowdtrain_peers_online 2.0" in metrics and "crowdtrain_global_epoch" in metrics
+
+
+def test_api_run_is_the_status_document_and_agrees_with_the_cli(training):
+    before = ok(training.url, "/api/run")
+    cli = subprocess.run([sys.executable, "-m", "crowdtrain", "status", training.address, "--loopback", "--json"],
+                         capture_output=True, text=True, timeout=90)
+    after = ok(training.url, "/api/run")
+    assert cli.returncode == 0, cli.stderr
+    status = json.loads(cli.stdout)
+    assert set(after) == set(status) and set(after["peers"][0]) == set(status["peers"][0])
+    for key in ("run_id", "recipe", "max_epochs", "target_batch_size"):
+        assert after[key] == status[key]
+    assert before["global_epoch"] <= status["global_epoch"] <= after["global_epoch"]
+    assert {p["name"] for p in status["peers"]} == set(VOLUNTEERS)
+    earlier = {p["peer_id"]: p for p in before["peers"]}
+    for peer in status["peers"]:
+        later = next(p for p in after["peers"] if p["peer_id"] == peer["peer_id"])
+        slack = later["samples_per_second"] * UPDATE_INTERVAL + BATCH
+        assert earlier[peer["peer_id"]]["samples"] - slack <= peer["samples"] <= later["samples"] + slack
 
 
 def test_bad_input_gets_json_errors_and_rejected_records_are_counted(training):

@@ -49,7 +49,7 @@ const Charts = (() => {
       ctx.fillText(opts.empty || "no data yet", w / 2, h / 2);
       return;
     }
-    let t0 = data[0][0], t1 = data[data.length - 1][0];
+    let t0 = points[0][0], t1 = points[points.length - 1][0];  // all charts share the history's time span
     if (t1 - t0 < 10) { t0 = t1 - 10; }
     let lo = Math.min(...data.map((p) => p[1])), hi = Math.max(...data.map((p) => p[1]));
     if (opts.minZero) { lo = Math.min(0, lo); }
