@@ -4,7 +4,6 @@ file order along the run's life (empty, training, finished)."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time

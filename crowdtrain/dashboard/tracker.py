@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
