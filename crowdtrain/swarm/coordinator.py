@@ -14,12 +14,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import hivemind
 
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
-from crowdtrain.dashboard import Dashboard
 from crowdtrain.dht.node import preferred_address, shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records, unpack_assets
 from crowdtrain.dht.records import run_validator
@@ -28,6 +27,9 @@ from crowdtrain.errors import UsageError
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.status import swarm_status
 from crowdtrain.trainers import get_recipe
+
+if TYPE_CHECKING:
+    from crowdtrain.dashboard import Dashboard
 
 logger = logging.getLogger(__name__)
 RUN_FILE, ASSETS_FILE = "run.json", "assets.bin"
@@ -151,6 +153,8 @@ def run_coordinator(
 def _start_dashboard(config: CoordinatorConfig, dht: hivemind.DHT, run: RunConfig, chunks: list[bytes],
                      addresses: list[str]) -> Dashboard:
     """The coordinator's dashboard reads the swarm like any other; it lists this run directory's checkpoints."""
+    from crowdtrain.dashboard import Dashboard  # aiohttp and prometheus_client load only where a dashboard runs
+
     dashboard_config = dataclasses.replace(config.dashboard,
                                            run_dir=config.dashboard.run_dir or run_directory(config, run.run_id))
     dashboard = Dashboard(dashboard_config, dht, run, unpack_assets(run, chunks),
