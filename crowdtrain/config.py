@@ -159,6 +159,32 @@ def default_data_dir() -> Path:
 
 
 @dataclass(kw_only=True)
+class DashboardConfig:
+    """The run's web dashboard, served by ``crowdtrain coordinator`` and ``crowdtrain dashboard``."""
+
+    host: str = LOOPBACK
+    "Interface to serve on; the default keeps the page on this machine."
+    port: int = 0
+    "TCP port; 0 picks a free one (the URL is printed at start)."
+    store_path: Optional[Path] = None
+    "SQLite file keeping history and departed peers across restarts (None: <run dir>/dashboard.sqlite)."
+    run_dir: Optional[Path] = None
+    "Run directory whose ``checkpoints/`` are listed and offered for download (None: none listed)."
+    refresh_interval: float = 2.0
+    "Seconds between reads of the swarm's records; each read is one point of history."
+    credit_half_life: float = 3600.0
+    "Half-life in seconds of the leaderboard's recent average credit."
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "dashboard.port", f"must be in 0..65535, got {self.port}", UsageError)
+        _require(self.refresh_interval > 0, "dashboard.refresh_interval", "must be positive", UsageError)
+        _require(self.credit_half_life > 0, "dashboard.credit_half_life", "must be positive", UsageError)
+        for name in ("store_path", "run_dir"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+
+
+@dataclass(kw_only=True)
 class CoordinatorConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     recipe: str = "albert-tiny"
@@ -173,6 +199,8 @@ class CoordinatorConfig:
     "Where the run's configuration and assets are kept so a restart continues the same run."
     log_interval: float = 5.0
     republish_interval: float = 20.0
+    dashboard: Optional[DashboardConfig] = None
+    "Serve the run's dashboard (None: no dashboard)."
 
     def __post_init__(self) -> None:
         _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)

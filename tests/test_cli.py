@@ -54,6 +54,16 @@ def test_port_in_use(tmp_path):
     assert_one_line_error(result, ExitCode.NETWORK, "already in use")
 
 
+def test_dashboard_port_in_use(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = crowdtrain("coordinator", "--loopback", "--dashboard-port", str(port), "--identity",
+                            str(tmp_path / "id.key"), "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, ExitCode.NETWORK, "already in use")
+
+
 def test_corrupt_identity_file(tmp_path):
     (tmp_path / "id.key").write_bytes(b"not a key")
     result = crowdtrain("join", GOOD_PEER, "--loopback", "--identity", str(tmp_path / "id.key"))

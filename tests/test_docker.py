@@ -47,12 +47,14 @@ def test_dockerfiles_install_with_the_script_ci_runs():
 
 
 def _localize(command: list[str], tmp_path: Path, port: int, peer_id: str) -> list[str]:
-    """What Docker provides, done by hand: mounted volumes, the service's DNS name, its port."""
+    """What Docker provides, done by hand: mounted volumes, the service's DNS name, its ports; and
+    loopback instead of all interfaces."""
     replaced = []
+    dashboard_port = str(_free_port())
     for arg in command:
         arg = arg.replace("/keys/", f"{tmp_path}/keys/").replace("/data/", f"{tmp_path}/data/")
         arg = PEER_ID_VARIABLE.sub(peer_id, arg).replace("/dns4/coordinator/", "/ip4/127.0.0.1/")
-        replaced.append(arg.replace("31337", str(port)))
+        replaced.append(arg.replace("31337", str(port)).replace("8080", dashboard_port).replace("0.0.0.0", "127.0.0.1"))
     return replaced
 
 

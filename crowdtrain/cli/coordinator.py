@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
                                    network_from_args, setup_logging, timeouts_from_args)
+from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
 from crowdtrain.config import CoordinatorConfig
 from crowdtrain.dht.node import preferred_address
 from crowdtrain.errors import UsageError
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
     parser.add_argument("--history", type=Path, default=None, metavar="PATH",
                         help="append each status document as a JSON line to PATH")
+    add_dashboard_options(parser, can_disable=True)
 
 
 def parse_hparams(items: list[str]) -> dict:
@@ -58,7 +60,8 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             network=network_from_args(args, args.initial_peers, identity_path),
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
-            log_interval=args.log_interval)
+            log_interval=args.log_interval,
+            dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -69,7 +72,10 @@ def _print_ready(ready: CoordinatorReady, loopback: bool) -> None:
     extra = " --loopback" if loopback else ""
     print(f"{verb} run {ready.run.run_id} (recipe {ready.run.recipe}, target batch {ready.run.target_batch_size})")
     print(f"coordinator address: {address}")
-    print(f"volunteers join with:\n  crowdtrain join {address}{extra}", flush=True)
+    print(f"volunteers join with:\n  crowdtrain join {address}{extra}")
+    if ready.dashboard_url:
+        print(f"dashboard: {ready.dashboard_url}")
+    sys.stdout.flush()
 
 
 def _status_line(status: dict) -> str:

@@ -27,6 +27,7 @@ ROLES = ("full", "client", "aux")
 MAX_CLOCK_SKEW = 60.0
 MAX_SAMPLES = 10**13
 MAX_SAMPLES_PER_SECOND = 10**7
+MAX_ROUND_SECONDS = 86400.0
 # Commands reach hivemind's DHT process through an os.pipe read without a lock or blocking:
 # only writes below PIPE_BUF (4096 bytes, pickling overhead included) are atomic there.
 ASSET_CHUNK_BYTES = 3 * 1024
@@ -79,6 +80,17 @@ class _PeerSchema(BaseModel):
     device: constr(strict=True, max_length=64)
     finished: StrictBool
     time: StrictFloat
+    samples_averaged: conint(strict=True, ge=0, le=MAX_SAMPLES) = 0
+    averaging_rounds: conint(strict=True, ge=0) = 0
+    averaging_failures: conint(strict=True, ge=0) = 0
+    round_seconds: Optional[confloat(strict=True, ge=0, le=MAX_ROUND_SECONDS)] = None
+    eval_metric: constr(strict=True, max_length=32) = ""
+    eval_value: Optional[StrictFloat] = None
+
+    def dict(self, **kwargs) -> dict[str, Any]:
+        # hivemind's SchemaValidator refuses a record unless parsing returns exactly the stored value:
+        # fields that an older peer's record omits must stay omitted instead of taking their defaults.
+        return super().dict(**{**kwargs, "exclude_unset": True})
 
 
 class _RunSchema(BaseModel):
@@ -131,12 +143,26 @@ class PeerRecord:
     finished: bool
     "The run reached max_epochs and this peer holds the final state: it only serves it now."
     time: float
+    # Added after the first release: defaults keep older peers' records valid.
+    samples_averaged: int = 0
+    "Samples of this peer that went into completed global steps (averaged with the group, or alone)."
+    averaging_rounds: int = 0
+    "Gradient averaging rounds this peer completed."
+    averaging_failures: int = 0
+    "Rounds that failed (this peer fell back to its local gradients)."
+    round_seconds: Optional[float] = None
+    "Duration of this peer's last averaging round."
+    eval_metric: str = ""
+    eval_value: Optional[float] = None
+    "This peer's latest held-out evaluation (``--evaluate``), of metric ``eval_metric``."
 
     def to_value(self) -> dict[str, Any]:
         value = asdict(self)
         value["samples_per_second"] = float(self.samples_per_second)
         value["loss"] = None if self.loss is None else float(self.loss)
         value["time"] = float(self.time)
+        for key in ("round_seconds", "eval_value"):
+            value[key] = None if value[key] is None else float(value[key])
         return value
 
     @classmethod
@@ -149,8 +175,10 @@ class PeerRecord:
         now = time.time() if now is None else now
         if not math.isfinite(record.time) or record.time > now + MAX_CLOCK_SKEW:
             raise RecordError(f"peer record of {record.peer_id} is timestamped in the future")
-        if record.loss is not None and not math.isfinite(record.loss):
-            raise RecordError(f"peer record of {record.peer_id} has a non-finite loss")
+        for key in ("loss", "eval_value"):
+            number = getattr(record, key)
+            if number is not None and not math.isfinite(number):
+                raise RecordError(f"peer record of {record.peer_id} has a non-finite {key}")
         return record
 
 

@@ -14,11 +14,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import hivemind
 
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
-from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
-from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records
+from crowdtrain.dht.node import preferred_address, shutdown_dht, start_dht, visible_addresses
+from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records, unpack_assets
 from crowdtrain.dht.reachability import serve_dialback
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
@@ -26,6 +28,9 @@ from crowdtrain.errors import UsageError
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.status import swarm_status
 from crowdtrain.trainers import get_recipe
+
+if TYPE_CHECKING:
+    from crowdtrain.dashboard import Dashboard
 
 logger = logging.getLogger(__name__)
 RUN_FILE, ASSETS_FILE = "run.json", "assets.bin"
@@ -36,6 +41,7 @@ class CoordinatorReady:
     run: RunConfig
     addresses: list[str]
     resumed: bool
+    dashboard_url: str = ""
 
 
 def run_directory(config: CoordinatorConfig, run_id: str) -> Path:
@@ -122,6 +128,7 @@ def run_coordinator(
     """Publish the run and report its status every ``log_interval`` seconds until ``stop`` is set."""
     run, chunks, resumed = prepare_run(config, identity)
     dht = start_dht(config.network, identity)
+    dashboard: Optional[Dashboard] = None
     try:
         dht.add_validators([run_validator(run.run_id)])
         if not config.network.client_mode:
@@ -129,7 +136,11 @@ def run_coordinator(
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
-        on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))
+        addresses = visible_addresses(dht)
+        if config.dashboard is not None:
+            dashboard = _start_dashboard(config, dht, run, chunks, addresses)
+        on_ready(CoordinatorReady(run=run, addresses=addresses, resumed=resumed,
+                                  dashboard_url=dashboard.url if dashboard else ""))
         last_publish = time.monotonic()
         while not stop.wait(config.log_interval):
             if time.monotonic() - last_publish >= config.republish_interval:
@@ -137,4 +148,19 @@ def run_coordinator(
                 last_publish = time.monotonic()
             on_status(swarm_status(dht, run))
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         shutdown_dht(dht)
+
+
+def _start_dashboard(config: CoordinatorConfig, dht: hivemind.DHT, run: RunConfig, chunks: list[bytes],
+                     addresses: list[str]) -> Dashboard:
+    """The coordinator's dashboard reads the swarm like any other; it lists this run directory's checkpoints."""
+    from crowdtrain.dashboard import Dashboard  # aiohttp and prometheus_client load only where a dashboard runs
+
+    dashboard_config = dataclasses.replace(config.dashboard,
+                                           run_dir=config.dashboard.run_dir or run_directory(config, run.run_id))
+    dashboard = Dashboard(dashboard_config, dht, run, unpack_assets(run, chunks),
+                          join_address=preferred_address(addresses))
+    dashboard.start()
+    return dashboard

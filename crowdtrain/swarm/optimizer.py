@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import hivemind
 import torch
@@ -18,6 +20,29 @@ DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised 
 LOAD_STATE_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
 
 
+@dataclass
+class AveragingStats:
+    """This peer's gradient averaging so far, for its progress record (read by the heartbeat thread)."""
+
+    samples_averaged: int = 0
+    "Samples of this peer that went into completed global steps: averaged rounds, or steps alone in the swarm."
+    rounds: int = 0
+    failures: int = 0
+    last_round_seconds: Optional[float] = None
+
+    def record(self, samples: int, alone: bool, round_: Optional[tuple[bool, float]]) -> None:
+        """One global step with this peer's ``samples``; ``round_`` is (averaged?, seconds) if it tried a round."""
+        if round_ is None:  # no round: a step alone counts, a round that could not start is a failure
+            averaged = alone
+        else:
+            averaged, self.last_round_seconds = round_
+            self.rounds += int(averaged)
+        if averaged:
+            self.samples_averaged += samples
+        else:
+            self.failures += 1
+
+
 class SwarmOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer whose state download backs off when no donor answers.
 
@@ -25,13 +50,29 @@ class SwarmOptimizer(hivemind.Optimizer):
     silently, and libp2p's dial back-off makes each retry fail instantly): a newcomer spins without
     training. Here a failed download waits with exponential back-off (and jitter, so that many
     newcomers do not retry in step), keeps training from this peer's own state meanwhile, and says so
-    in one warning line.
+    in one warning line. It also counts its averaging rounds (:class:`AveragingStats`) for its record.
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._failed_downloads = 0
         self._next_download = 0.0
+        self.averaging_stats = AveragingStats()
+        self._round: Optional[tuple[bool, float]] = None
+
+    def _update_global_epoch(self, grad_scaler) -> None:
+        samples, alone = self.grad_averager.local_samples_accumulated, self.tracker.global_progress.num_peers <= 1
+        self._round = None
+        super()._update_global_epoch(grad_scaler)
+        self.averaging_stats.record(samples, alone, self._round)
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
+        started = time.perf_counter()
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        control = maybe_step_control
+        averaged = (control is not None and control.done() and not control.cancelled()
+                    and control.exception() is None)
+        self._round = (averaged, time.perf_counter() - started)
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()

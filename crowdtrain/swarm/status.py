@@ -9,7 +9,7 @@ from typing import Any, Optional
 import hivemind
 
 from crowdtrain.config import RunConfig
-from crowdtrain.dht.publish import read_peers
+from crowdtrain.dht.publish import PeerRecords, read_peers
 from crowdtrain.dht.records import PeerRecord
 
 
@@ -38,8 +38,12 @@ def _mean_loss(records: list[PeerRecord]) -> Optional[float]:
 
 def swarm_status(dht: hivemind.DHT, run: RunConfig, now: Optional[float] = None) -> dict[str, Any]:
     """``samples`` counts samples folded into the model: completed global epochs x target batch."""
+    return status_document(run, read_peers(dht, run.run_id), now)
+
+
+def status_document(run: RunConfig, peers: PeerRecords, now: Optional[float] = None) -> dict[str, Any]:
+    """The status document of ``run`` from peer records already read (see :func:`swarm_status`)."""
     now = time.time() if now is None else now
-    peers = read_peers(dht, run.run_id)
     global_epoch = max((r.epoch for r in peers.records), default=0)
     return {
         "run_id": run.run_id,

@@ -27,7 +27,7 @@ from crowdtrain.swarm.discovery import JoinedRun, join_run
 from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
 from crowdtrain.swarm.join_plan import JoinPlan, upload_per_round
-from crowdtrain.swarm.optimizer import build_swarm_optimizer
+from crowdtrain.swarm.optimizer import SwarmOptimizer, build_swarm_optimizer
 from crowdtrain.swarm.training import TrainingLoop
 from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
@@ -231,12 +231,16 @@ class Volunteer:
             heartbeat.stop()
         self._finish_report(loop, optimizer.local_epoch)
 
-    def _record(self, loop: TrainingLoop, optimizer: hivemind.Optimizer, finish_state: FinishState) -> PeerRecord:
-        stats = loop.stats
+    def _record(self, loop: TrainingLoop, optimizer: SwarmOptimizer, finish_state: FinishState) -> PeerRecord:
+        stats, averaging, report = loop.stats, optimizer.averaging_stats, self.report
         return PeerRecord(peer_id=str(self.identity.peer_id), name=self.config.name, role=self.role,
                           address=self.address, samples=stats.samples, samples_per_second=stats.samples_per_second,
                           loss=stats.recent_loss, epoch=optimizer.local_epoch, device=str(self.device),
-                          finished=finish_state.finished, time=time.time())
+                          finished=finish_state.finished, time=time.time(),
+                          samples_averaged=averaging.samples_averaged, averaging_rounds=averaging.rounds,
+                          averaging_failures=averaging.failures, round_seconds=averaging.last_round_seconds,
+                          eval_metric=report.eval_metric or "",
+                          eval_value=report.eval_end if report.eval_end is not None else report.eval_start)
 
     def _finish_report(self, loop: TrainingLoop, epoch: int) -> None:
         stats = loop.stats

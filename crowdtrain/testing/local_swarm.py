@@ -20,6 +20,7 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.process import die_with_parent
 
 ADDRESS_RE = re.compile(r"^coordinator address: (\S+)$", re.MULTILINE)
+DASHBOARD_RE = re.compile(r"^dashboard: (\S+)$", re.MULTILINE)
 
 
 class LaunchError(CrowdtrainError):
@@ -81,16 +82,27 @@ class LocalSwarm:
                            identity=identity)
         return peer, self.wait_for_address(peer, timeout)
 
-    def wait_for_address(self, peer: PeerProcess, timeout: float) -> str:
+    def wait_for_address(self, peer: PeerProcess, timeout: float, pattern: re.Pattern = ADDRESS_RE,
+                         what: str = "address") -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = ADDRESS_RE.search(peer.log())
+            match = pattern.search(peer.log())
             if match:
                 return match.group(1)
             if not peer.alive:
                 raise LaunchError(f"{peer.name} exited with code {peer.popen.returncode}: {_last_line(peer.log())}")
             time.sleep(0.2)
-        raise LaunchError(f"{peer.name} printed no address within {timeout:.0f} s")
+        raise LaunchError(f"{peer.name} printed no {what} within {timeout:.0f} s")
+
+    def wait_for_dashboard(self, peer: PeerProcess, timeout: float) -> str:
+        """The URL of the dashboard that ``peer`` (a coordinator or ``crowdtrain dashboard``) serves."""
+        return self.wait_for_address(peer, timeout, DASHBOARD_RE, "dashboard URL")
+
+    def start_dashboard(self, addresses: Sequence[str], args: Sequence[str] = (), name: str = "dashboard",
+                        timeout: float = 120.0) -> tuple[PeerProcess, str]:
+        """Start ``crowdtrain dashboard --loopback ADDRESS ...``; returns it and its URL once it serves."""
+        peer = self._spawn(name, "dashboard", ["dashboard", *addresses, "--loopback", *args], report=False)
+        return peer, self.wait_for_dashboard(peer, timeout)
 
     def start_volunteer(self, name: str, addresses: Sequence[str], args: Sequence[str] = (),
                         launcher: Optional[Sequence[str]] = None) -> PeerProcess:

@@ -1,0 +1,91 @@
+"""Follows a run from the DHT: reads the peers' records every refresh interval, keeps the latest
+reading for the web server and hands each one to the store.
+
+Only what volunteers publish is read (the coordinator has no side channel), so any dashboard joined
+to the swarm sees the same current state.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import hivemind
+
+from crowdtrain.config import DashboardConfig, RunConfig
+from crowdtrain.dashboard.store import DashboardStore, HistoryPoint
+from crowdtrain.dht.publish import read_peers
+from crowdtrain.dht.records import PeerRecord
+from crowdtrain.swarm.status import status_document
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One read of the swarm: the status document and the records it was made from."""
+
+    status: dict[str, Any]
+    records: tuple[PeerRecord, ...]
+    time: float
+
+    @property
+    def online(self) -> set[str]:
+        return {r.peer_id for r in self.records}
+
+    @property
+    def eval_metric(self) -> str:
+        return next((r.eval_metric for r in self.records if r.eval_metric), "")
+
+
+def history_point(status: dict[str, Any], records: tuple[PeerRecord, ...]) -> HistoryPoint:
+    evals = [r.eval_value for r in records if r.eval_value is not None]
+    return HistoryPoint(
+        time=status["time"], global_epoch=status["global_epoch"], samples=status["samples"],
+        samples_claimed=sum(r.samples for r in records), samples_per_second=status["samples_per_second"],
+        loss=status["loss"], eval_value=statistics.fmean(evals) if evals else None, peers_online=len(records),
+        rejected_records=status["rejected_records"])
+
+
+class RunTracker:
+    def __init__(self, dht: hivemind.DHT, run: RunConfig, store: DashboardStore, config: DashboardConfig):
+        self.dht, self.run, self.store, self.config = dht, run, store, config
+        self._latest: Optional[Reading] = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dashboard-tracker", daemon=True)
+
+    def start(self) -> "RunTracker":
+        self._thread.start()
+        return self
+
+    def read(self) -> Reading:
+        """Read the swarm once, remember the reading and store it."""
+        peers = read_peers(self.dht, self.run.run_id)
+        status = status_document(self.run, peers)
+        reading = Reading(status=status, records=tuple(peers.records), time=status["time"])
+        self.store.record(self.run.run_id, history_point(status, reading.records), reading.records,
+                          self.config.credit_half_life)
+        with self._lock:
+            self._latest = reading
+        return reading
+
+    def latest(self) -> Optional[Reading]:
+        with self._lock:
+            return self._latest
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.read()
+            except Exception as e:  # a DHT hiccup: the page keeps the last reading and shows its age
+                logger.warning(f"dashboard: reading the swarm failed: {type(e).__name__}: {e}")
+            if self._stop.wait(self.config.refresh_interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.config.refresh_interval + 30)
