@@ -151,6 +151,32 @@ def default_data_dir() -> Path:
 
 
 @dataclass(kw_only=True)
+class KeeperConfig:
+    """The coordinator's own copy of the training state (:mod:`crowdtrain.swarm.keeper`)."""
+
+    enabled: bool = True
+    "Follow the swarm's state and serve it, so that the run survives every volunteer leaving."
+    follow_interval: float = 2.0
+    "At most one state download from the swarm per this many seconds, when the swarm is ahead."
+    checkpoint_every: int = 10
+    "Save a checkpoint every this many global epochs (0: never by epochs)."
+    checkpoint_interval: float = 600.0
+    "Save a checkpoint at least this often in seconds when the epoch advanced (0: never by time)."
+    keep_checkpoints: int = 3
+    "How many of the newest checkpoints to keep in RUN_DIR/checkpoints."
+    resume: bool = False
+    "Start from the newest valid checkpoint in RUN_DIR/checkpoints."
+
+    def __post_init__(self) -> None:
+        _require(self.follow_interval > 0, "follow_interval", "must be positive", UsageError)
+        _require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0", UsageError)
+        _require(self.checkpoint_interval >= 0, "checkpoint_interval", "must be >= 0", UsageError)
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1", UsageError)
+        _require(self.enabled or not self.resume, "resume", "needs the state keeper (drop --no-keep-state)",
+                 UsageError)
+
+
+@dataclass(kw_only=True)
 class CoordinatorConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     recipe: str = "albert-tiny"
@@ -165,6 +191,7 @@ class CoordinatorConfig:
     "Where the run's configuration and assets are kept so a restart continues the same run."
     log_interval: float = 5.0
     republish_interval: float = 20.0
+    keeper: KeeperConfig = field(default_factory=KeeperConfig)
 
     def __post_init__(self) -> None:
         _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)

@@ -1,8 +1,9 @@
 """The coordinator: creates (or resumes) a run, keeps it published, watches global progress.
 
-It holds no training state: the swarm is the source of truth. Its run directory keeps the signed
-configuration's content and the recipe assets so that a restart with the same identity continues
-the same run with the same tokenizer.
+The swarm is the source of truth; the coordinator's state keeper (:mod:`crowdtrain.swarm.keeper`,
+on by default) follows it, serves it when every volunteer has left, checkpoints it and exports the
+final model. Its run directory keeps the signed configuration's content and the recipe assets so
+that a restart with the same identity continues the same run with the same tokenizer.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from typing import Any, Callable, Optional
 
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
-from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records
+from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records, unpack_assets
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
 from crowdtrain.errors import UsageError
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.keeper import start_keeper
 from crowdtrain.swarm.status import swarm_status
 from crowdtrain.trainers import get_recipe
 
@@ -117,15 +119,20 @@ def run_coordinator(
     stop: threading.Event,
     on_ready: Callable[[CoordinatorReady], None],
     on_status: Callable[[dict[str, Any]], None],
+    after_hivemind_started: Callable[[], None] = lambda: None,
 ) -> None:
     """Publish the run and report its status every ``log_interval`` seconds until ``stop`` is set."""
     run, chunks, resumed = prepare_run(config, identity)
     dht = start_dht(config.network, identity)
+    keeper = None
     try:
         dht.add_validators([run_validator(run.run_id)])
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
+        keeper = start_keeper(config.keeper, run, unpack_assets(run, chunks), run_directory(config, run.run_id),
+                              dht, identity)
+        after_hivemind_started()
         on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))
         last_publish = time.monotonic()
         while not stop.wait(config.log_interval):
@@ -134,4 +141,6 @@ def run_coordinator(
                 last_publish = time.monotonic()
             on_status(swarm_status(dht, run))
     finally:
+        if keeper is not None:
+            keeper.close()
         shutdown_dht(dht)
