@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 import hivemind
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.optim.progress_tracker import LocalTrainingProgress
+from hivemind.utils import get_dht_time
 
 from crowdtrain.config import KeeperConfig, RunConfig
 from crowdtrain.dht.node import visible_addresses
@@ -40,6 +43,7 @@ from crowdtrain.trainers import get_recipe
 logger = logging.getLogger(__name__)
 POLL_PERIOD = 0.5
 PUBLISH_INTERVAL = 2.0
+PROGRESS_PERIOD = 10.0  # well inside hivemind's progress record lifetime (60 s)
 KEEPER_NAME = "keeper"
 CHECKPOINTS_DIR, FINAL_DIR = "checkpoints", "final"
 
@@ -57,6 +61,8 @@ class StateKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="state-keeper", daemon=True)
         self._saved_epoch, self._saved_at, self._next_download = 0, time.monotonic(), 0.0
+        self._progress_subkey = RSASignatureValidator(identity.private_key).local_public_key
+        self._reported = (-1, -math.inf)  # (epoch, monotonic time) of the last progress record
         self.model = self.optimizer = self.heartbeat = None
         self.address = ""
 
@@ -98,11 +104,23 @@ class StateKeeper:
         self.optimizer.load_state_dict(copy.deepcopy(checkpoint.optimizer))
         self.optimizer.state_averager.local_epoch = checkpoint.epoch
         self.optimizer.state_averager.state_sharing_priority = checkpoint.epoch
-        self.optimizer.tracker.report_local_progress(checkpoint.epoch, samples_accumulated=0)
         self._saved_epoch = checkpoint.epoch
         logger.info(f"resumed from checkpoint {self.store.data_path(checkpoint.epoch)} (epoch {checkpoint.epoch})")
 
+    def _report_progress(self) -> None:
+        """Publish the keeper's epoch in hivemind's progress record (its tracker publishes only peers that
+        accumulate samples), so that newcomers see the run's epoch and download it when no volunteer is left."""
+        if self._reported[0] == self.epoch and time.monotonic() - self._reported[1] < PROGRESS_PERIOD:
+            return
+        tracker = self.optimizer.tracker
+        progress = LocalTrainingProgress(peer_id=self.dht.peer_id.to_bytes(), epoch=self.epoch, samples_accumulated=0,
+                                         samples_per_second=0.0, time=get_dht_time(), client_mode=False)
+        self.dht.store(tracker.training_progress_key, progress.dict(), get_dht_time() + tracker.metadata_expiration,
+                       subkey=self._progress_subkey, return_future=True)
+        self._reported = (self.epoch, time.monotonic())
+
     def _follow(self) -> None:
+        self._report_progress()
         while not self._stop.wait(POLL_PERIOD):
             global_epoch = self.optimizer.tracker.global_epoch
             if self.run.max_epochs and global_epoch >= self.run.max_epochs:
@@ -111,6 +129,7 @@ class StateKeeper:
             if global_epoch > self.epoch and time.monotonic() >= self._next_download:
                 self._next_download = time.monotonic() + self.config.follow_interval
                 self.optimizer.load_state_from_peers()
+            self._report_progress()
             if self._checkpoint_due():
                 self._save()
 
