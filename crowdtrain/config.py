@@ -68,6 +68,8 @@ class RunConfig:
     "Samples the whole swarm accumulates before one optimizer step (one global epoch)."
     max_epochs: int = 0
     "Volunteers stop cleanly when the run reaches this global epoch; 0 means no limit."
+    private: bool = False
+    "Only peers holding an invite signed by the coordinator may publish records or average (``crowdtrain invite``)."
     timeouts: Timeouts = field(default_factory=Timeouts)
     created_at: float = 0.0
     version: int = RUN_CONFIG_VERSION
@@ -92,6 +94,7 @@ class RunConfig:
                  "must be a positive integer")
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 0, "max_epochs",
                  "must be a non-negative integer")
+        _require(isinstance(self.private, bool), "private", "must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +194,8 @@ class CoordinatorConfig:
     "Where the run's configuration and assets are kept so a restart continues the same run."
     log_interval: float = 5.0
     republish_interval: float = 20.0
+    private: bool = False
+    "A private run: only volunteers with an invite (``crowdtrain invite``) take part."
     keeper: KeeperConfig = field(default_factory=KeeperConfig)
 
     def __post_init__(self) -> None:
@@ -218,6 +223,8 @@ class VolunteerConfig:
     "Write a JSON report of this volunteer's contribution at exit."
     export_path: Optional[Path] = None
     "Save the final model parameters (torch state dict) at exit."
+    invite: Optional[str] = None
+    "This volunteer's invite token to a private run."
     discovery_timeout: float = 30.0
     publish_interval: float = 2.0
     progress_interval: float = 5.0

@@ -66,7 +66,8 @@ def test_every_volunteer_leaves_newcomer_continues_and_final_model_is_exported(l
     before = mean(loss for r in old for loss in losses_at(r, left_at - 1))
     after = mean(loss for _, _, loss in new["loss_history"][1:1 + LOSS_STEPS])
     assert fresh - before > 0.3, f"the run had not learned enough to tell ({fresh=}, {before=})"
-    assert abs(after - before) < 0.35 * (fresh - before), f"loss did not continue: {fresh=} {before=} {after=}"
+    # continuing: no way back towards the fresh model's loss (it may keep falling, epochs advance meanwhile)
+    assert after - before < 0.35 * (fresh - before), f"loss did not continue: {fresh=} {before=} {after=}"
 
     final = run_dir / "final"
     deadline = time.monotonic() + 60

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 from crowdtrain.errors import CrowdtrainError, ExitCode, UsageError
 
-SUBCOMMANDS = ("coordinator", "join", "status", "demo")
+SUBCOMMANDS = ("coordinator", "join", "status", "demo", "invite")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,9 +17,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _modules() -> dict[str, Any]:
-    from crowdtrain.cli import coordinator, demo, join, status
+    from crowdtrain.cli import coordinator, demo, invite, join, status
 
-    return {"coordinator": coordinator, "join": join, "status": status, "demo": demo}
+    return {"coordinator": coordinator, "join": join, "status": status, "demo": demo, "invite": invite}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

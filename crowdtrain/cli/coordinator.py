@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-epochs", type=int, default=0, help="stop the run at this global epoch (0: never)")
     run.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON",
                      help="override a recipe hyper-parameter, e.g. --hparam lr=0.002 (repeatable)")
+    run.add_argument("--private", action="store_true",
+                     help="only volunteers invited with 'crowdtrain invite' may publish records or average")
     run.add_argument("--run-dir", type=Path, default=None,
                      help="where the run's configuration and assets are kept (default: user data dir)")
     keeper = parser.add_argument_group("state keeper and checkpoints")
@@ -72,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             network=network_from_args(args, args.initial_peers, identity_path),
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
-            log_interval=args.log_interval, keeper=KeeperConfig(
+            log_interval=args.log_interval, private=args.private, keeper=KeeperConfig(
                 enabled=args.keep_state, follow_interval=args.follow_interval, checkpoint_every=args.checkpoint_every,
                 checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
                 resume=args.resume))

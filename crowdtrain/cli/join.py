@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     vol.add_argument("--run-id", default=None, help="which run to join if the swarm hosts several")
     vol.add_argument("--batch-size", type=int, default=8, help="micro-batch size (samples per local step)")
     vol.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    vol.add_argument("--invite", default=None, metavar="TOKEN",
+                     help="your invite to a private run (the coordinator creates it with 'crowdtrain invite')")
     vol.add_argument("--throttle", type=float, default=0.0,
                      help="sleep this multiple of each step's compute time (emulate a slower machine)")
     out = parser.add_argument_group("outputs")
@@ -45,7 +47,7 @@ def config_from_args(args: argparse.Namespace, identity_path: Path) -> Volunteer
             network=network_from_args(args, args.address, identity_path), run_id=args.run_id, name=args.name,
             batch_size=args.batch_size, throttle=args.throttle, threads=args.threads, evaluate=args.evaluate,
             report_path=args.report, export_path=args.export, discovery_timeout=args.discovery_timeout,
-            progress_interval=args.progress_interval)
+            progress_interval=args.progress_interval, invite=args.invite)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

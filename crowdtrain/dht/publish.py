@@ -152,10 +152,12 @@ def unpack_assets(run: RunConfig, chunks: list[bytes]) -> bytes:
     return assets
 
 
-def publish_peer(dht: hivemind.DHT, identity: Identity, run_id: str, record: PeerRecord) -> None:
-    """Refresh this peer's progress record without blocking the caller."""
-    dht.store(peers_key(run_id), record.to_value(), get_dht_time() + PEER_RECORD_TTL,
-              subkey=owner_marker(identity), return_future=True)
+def publish_peer(dht: hivemind.DHT, identity: Identity, run_id: str, record: PeerRecord,
+                 invite: Optional[str] = None) -> None:
+    """Refresh this peer's progress record without blocking the caller (with its invite in a private run)."""
+    value = record.to_value() if invite is None else {**record.to_value(), "invite": invite}
+    dht.store(peers_key(run_id), value, get_dht_time() + PEER_RECORD_TTL, subkey=owner_marker(identity),
+              return_future=True)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from crowdtrain.averaging.access import RunAccess
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
+from crowdtrain.dht.invited import private_run_validators
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records, unpack_assets
 from crowdtrain.dht.records import run_validator
@@ -83,7 +85,7 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
         run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
         assets_chunks=[], target_batch_size=config.target_batch_size,
-        max_epochs=config.max_epochs, timeouts=config.timeouts, created_at=time.time(),
+        max_epochs=config.max_epochs, private=config.private, timeouts=config.timeouts, created_at=time.time(),
     )
     return run, assets
 
@@ -104,7 +106,7 @@ def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfi
             raise UsageError(f"this identity already coordinates run {run_id} with recipe {run.recipe}; "
                              f"use another --identity to start a {config.recipe} run")
         run = dataclasses.replace(run, target_batch_size=config.target_batch_size, max_epochs=config.max_epochs,
-                                  timeouts=config.timeouts, created_at=time.time())
+                                  private=config.private, timeouts=config.timeouts, created_at=time.time())
     else:
         run, assets = _new_run(config, run_id)
     chunks = pack_assets(assets)
@@ -127,11 +129,14 @@ def run_coordinator(
     keeper = None
     try:
         dht.add_validators([run_validator(run.run_id)])
+        access = RunAccess(run.run_id, identity.public_key) if run.private else None
+        if access is not None:
+            dht.add_validators(private_run_validators(run.run_id, identity.public_key))
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
         keeper = start_keeper(config.keeper, run, unpack_assets(run, chunks), run_directory(config, run.run_id),
-                              dht, identity)
+                              dht, identity, access)
         after_hivemind_started()
         on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))
         last_publish = time.monotonic()

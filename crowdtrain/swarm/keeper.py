@@ -29,6 +29,7 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.optim.progress_tracker import LocalTrainingProgress
 from hivemind.utils import get_dht_time
 
+from crowdtrain.averaging.access import RunAccess
 from crowdtrain.config import KeeperConfig, RunConfig
 from crowdtrain.dht.node import visible_addresses
 from crowdtrain.dht.records import PeerRecord
@@ -52,8 +53,8 @@ class StateKeeper:
     """Build with :meth:`start` from the main thread (hivemind's averagers must start there)."""
 
     def __init__(self, config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: Path,
-                 dht: hivemind.DHT, identity: Identity):
-        self.config, self.run, self.run_dir = config, run, Path(run_dir)
+                 dht: hivemind.DHT, identity: Identity, access: Optional[RunAccess] = None):
+        self.config, self.run, self.run_dir, self.access = config, run, Path(run_dir), access
         self.dht, self.identity = dht, identity
         self.recipe = get_recipe(run.recipe)(run.hparams, run.dataset, assets)
         self.store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR, config.keep_checkpoints)
@@ -73,7 +74,7 @@ class StateKeeper:
     def start(self) -> "StateKeeper":
         self.model = self.recipe.build_model()
         self.optimizer = build_swarm_optimizer(dht=self.dht, identity=self.identity, run=self.run, recipe=self.recipe,
-                                               model=self.model, batch_size=1, client_mode=False)
+                                               model=self.model, batch_size=1, client_mode=False, access=self.access)
         if self.config.resume:
             self._restore()
         self.address = (visible_addresses(self.dht) or [""])[0]
@@ -166,8 +167,8 @@ class StateKeeper:
 
 
 def start_keeper(config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: Path, dht: hivemind.DHT,
-                 identity: Identity) -> Optional[StateKeeper]:
+                 identity: Identity, access: Optional[RunAccess] = None) -> Optional[StateKeeper]:
     """The started keeper, or None when the configuration turns it off."""
     if not config.enabled:
         return None
-    return StateKeeper(config, run, assets, run_dir, dht, identity).start()
+    return StateKeeper(config, run, assets, run_dir, dht, identity, access).start()
