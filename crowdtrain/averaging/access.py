@@ -25,15 +25,14 @@ from typing import AsyncIterator, Optional
 
 import hivemind
 from hivemind.optim.grad_averager import GradientAverager
-from hivemind.optim.progress_tracker import LocalTrainingProgress, ProgressTracker
+from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.p2p.servicer import StubBase
 from hivemind.proto import averaging_pb2
 
-from crowdtrain.dht.invited import InvitedProgress
 from crowdtrain.dht.publish import read_peers
-from crowdtrain.peers.invites import peer_id_of
+from crowdtrain.peers.invites import invite_marker, peer_id_of
 
 logger = logging.getLogger(__name__)
 REFRESH_PERIOD = 5.0
@@ -124,15 +123,13 @@ class InviteOnlyStateAverager(_InviteOnly, TrainingStateAverager):
 
 
 class InvitedProgressTracker(ProgressTracker):
-    """hivemind's progress tracker whose records carry this peer's invite."""
+    """hivemind's progress tracker whose records carry this peer's invite in their subkey."""
 
-    def __init__(self, *args, invite: str, **kwargs):
-        self._invite = invite
-        super().__init__(*args, **kwargs)
-
-    def _get_local_progress(self, local_epoch: int, samples_accumulated: int) -> LocalTrainingProgress:
-        progress = super()._get_local_progress(local_epoch, samples_accumulated)
-        return InvitedProgress(**progress.dict(), invite=self._invite)
+    def __init__(self, *args, invite: str, start: bool, **kwargs):
+        super().__init__(*args, start=False, **kwargs)
+        self._local_public_key += invite_marker(invite)  # hivemind's subkey of this peer's progress records
+        if start:
+            self.start()
 
 
 def gated_averager_factories(dht: hivemind.DHT, access: RunAccess) -> tuple[type, type]:

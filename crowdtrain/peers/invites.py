@@ -3,9 +3,10 @@
 A token is ``ct-invite.<body>.<signature>`` (URL-safe base64): the body is the JSON
 ``{"run_id", "peer_id", "expires_at"}``, the signature the coordinator's RSA signature over it. It is
 bound to the volunteer's peer id (the hash of its public key), so a token read from the DHT is of no
-use to anyone else: every record an invited peer publishes carries its token, and every peer checks
-the token against the record's owner key. Verification needs only the coordinator's public key, which
-every peer holds from the signed run configuration.
+use to anyone else: every record an invited peer publishes carries its token in the record's subkey,
+next to the ``[owner:...]`` key marker (:func:`invite_marker`), and every peer checks the token against
+that owner key. Verification needs only the coordinator's public key, which every peer holds from the
+signed run configuration.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -27,6 +29,7 @@ from crowdtrain.errors import InviteError
 
 PREFIX = "ct-invite"
 MAX_TOKEN_CHARS = 1024
+_MARKER_RE = re.compile(rb"\[invite:([A-Za-z0-9_.-]{1,%d})\]" % MAX_TOKEN_CHARS)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,17 @@ def _unb64(text: str) -> bytes:
 def issue_invite(coordinator_key: RSAPrivateKey, invite: Invite) -> str:
     body = json.dumps(asdict(invite), sort_keys=True, separators=(",", ":")).encode()
     return f"{PREFIX}.{_b64(body)}.{_b64(coordinator_key.sign(body))}"
+
+
+def invite_marker(token: str) -> bytes:
+    """What an invited peer appends to the subkey of the records it publishes."""
+    return b"[invite:" + token.encode() + b"]"
+
+
+def invite_in(subkey: bytes) -> Optional[str]:
+    """The token of the single invite marker in ``subkey``; None if there is none or several."""
+    found = _MARKER_RE.findall(subkey)
+    return found[0].decode() if len(found) == 1 else None
 
 
 def peer_id_of(public_key: bytes) -> str:

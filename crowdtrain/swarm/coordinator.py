@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from crowdtrain.averaging.access import RunAccess
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
-from crowdtrain.dht.invited import private_run_validators
+from crowdtrain.dht.invited import InviteValidator
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records, unpack_assets
 from crowdtrain.dht.records import run_validator
@@ -131,7 +131,7 @@ def run_coordinator(
         dht.add_validators([run_validator(run.run_id)])
         access = RunAccess(run.run_id, identity.public_key) if run.private else None
         if access is not None:
-            dht.add_validators(private_run_validators(run.run_id, identity.public_key))
+            dht.add_validators([InviteValidator(run.run_id, identity.public_key)])
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
