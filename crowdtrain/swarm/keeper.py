@@ -11,8 +11,8 @@ It also saves checkpoints (:mod:`crowdtrain.swarm.checkpoints`), restores the ne
 volunteers (:mod:`crowdtrain.swarm.finish`; the keeper is never the canonical peer while a volunteer is
 live) and exports it (:mod:`crowdtrain.swarm.export`).
 
-Cost: the keeper counts as a peer in hivemind's progress, so a volunteer alone with the keeper tries
-(and fails) to form an averaging group once per epoch, which costs it up to ``matchmaking_time``.
+It shows in hivemind's progress only while no volunteer is at its epoch (see :meth:`_report_progress`)
+and it never joins averaging groups, so volunteers average exactly as without it.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from hivemind.utils import get_dht_time
 from crowdtrain.averaging.access import RunAccess
 from crowdtrain.config import KeeperConfig, RunConfig
 from crowdtrain.dht.node import visible_addresses
-from crowdtrain.dht.records import PeerRecord
+from crowdtrain.dht.records import PeerRecord, subkey_values
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.checkpoints import Checkpoint, CheckpointStore
 from crowdtrain.swarm.export import export_final
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 POLL_PERIOD = 0.5
 PUBLISH_INTERVAL = 2.0
 PROGRESS_PERIOD = 10.0  # well inside hivemind's progress record lifetime (60 s)
+PROGRESS_CHECK_PERIOD = 2.0
 KEEPER_NAME = "keeper"
 CHECKPOINTS_DIR, FINAL_DIR = "checkpoints", "final"
 
@@ -63,7 +64,8 @@ class StateKeeper:
         self._thread = threading.Thread(target=self._follow, name="state-keeper", daemon=True)
         self._saved_epoch, self._saved_at, self._next_download = 0, time.monotonic(), 0.0
         self._progress_subkey = RSASignatureValidator(identity.private_key).local_public_key
-        self._reported = (-1, -math.inf)  # (epoch, monotonic time) of the last progress record
+        self._reported = (-1, -math.inf)  # (epoch, monotonic time) of the published progress record; -1: none
+        self._progress_checked = -math.inf
         self.model = self.optimizer = self.heartbeat = None
         self.address = ""
 
@@ -109,16 +111,39 @@ class StateKeeper:
         logger.info(f"resumed from checkpoint {self.store.data_path(checkpoint.epoch)} (epoch {checkpoint.epoch})")
 
     def _report_progress(self) -> None:
-        """Publish the keeper's epoch in hivemind's progress record (its tracker publishes only peers that
-        accumulate samples), so that newcomers see the run's epoch and download it when no volunteer is left."""
-        if self._reported[0] == self.epoch and time.monotonic() - self._reported[1] < PROGRESS_PERIOD:
+        """The keeper's epoch in hivemind's progress records, only while no other peer reports that epoch.
+
+        hivemind's tracker publishes only peers that accumulate samples, so the keeper publishes its own
+        record: when every volunteer has left (or a newcomer started from scratch), newcomers see the
+        run's epoch and download its state. While volunteers are at the keeper's epoch or beyond it
+        withdraws the record: a peer listed in the progress would make a lone volunteer look for an
+        averaging group every epoch.
+        """
+        now = time.monotonic()
+        if now - self._progress_checked < PROGRESS_CHECK_PERIOD:
             return
+        self._progress_checked = now
         tracker = self.optimizer.tracker
+        if self._others_epoch() >= self.epoch:
+            if self._reported[0] >= 0:
+                self.dht.store(tracker.training_progress_key, None, get_dht_time() + tracker.metadata_expiration,
+                               subkey=self._progress_subkey, return_future=True)
+                self._reported = (-1, -math.inf)
+            return
+        if self._reported[0] == self.epoch and now - self._reported[1] < PROGRESS_PERIOD:
+            return
         progress = LocalTrainingProgress(peer_id=self.dht.peer_id.to_bytes(), epoch=self.epoch, samples_accumulated=0,
                                          samples_per_second=0.0, time=get_dht_time(), client_mode=False)
         self.dht.store(tracker.training_progress_key, progress.dict(), get_dht_time() + tracker.metadata_expiration,
                        subkey=self._progress_subkey, return_future=True)
-        self._reported = (self.epoch, time.monotonic())
+        self._reported = (self.epoch, now)
+
+    def _others_epoch(self) -> int:
+        """The highest epoch in the other (non-client) peers' progress records; -1 if there are none."""
+        entry = self.dht.get(self.optimizer.tracker.training_progress_key, latest=True)
+        epochs = [value.get("epoch") for subkey, value in subkey_values(entry).items()
+                  if subkey != self._progress_subkey and isinstance(value, dict) and not value.get("client_mode")]
+        return max((e for e in epochs if isinstance(e, int)), default=-1)
 
     def _follow(self) -> None:
         self._report_progress()
