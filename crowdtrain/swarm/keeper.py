@@ -46,6 +46,7 @@ POLL_PERIOD = 0.5
 PUBLISH_INTERVAL = 2.0
 PROGRESS_PERIOD = 10.0  # well inside hivemind's progress record lifetime (60 s)
 PROGRESS_CHECK_PERIOD = 2.0
+LIVE_PROGRESS_AGE = 15.0  # a progress record older than this is a departed peer's (live ones report every step)
 KEEPER_NAME = "keeper"
 CHECKPOINTS_DIR, FINAL_DIR = "checkpoints", "final"
 
@@ -139,10 +140,12 @@ class StateKeeper:
         self._reported = (self.epoch, now)
 
     def _others_epoch(self) -> int:
-        """The highest epoch in the other (non-client) peers' progress records; -1 if there are none."""
+        """The highest epoch in the other (non-client) peers' recent progress records; -1 if there are none."""
         entry = self.dht.get(self.optimizer.tracker.training_progress_key, latest=True)
+        now = get_dht_time()
         epochs = [value.get("epoch") for subkey, value in subkey_values(entry).items()
-                  if subkey != self._progress_subkey and isinstance(value, dict) and not value.get("client_mode")]
+                  if subkey != self._progress_subkey and isinstance(value, dict) and not value.get("client_mode")
+                  and isinstance(value.get("time"), float) and now - value["time"] < LIVE_PROGRESS_AGE]
         return max((e for e in epochs if isinstance(e, int)), default=-1)
 
     def _follow(self) -> None:
