@@ -202,6 +202,9 @@ class CoordinatorConfig:
         _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)
         _require(self.max_epochs >= 0, "max_epochs", "must be >= 0", UsageError)
         _require(self.log_interval > 0, "log_interval", "must be positive", UsageError)
+        _require(not (self.network.client_mode and self.keeper.enabled), "client_mode",
+                 "the state keeper serves the run's state and needs incoming connections (or pass --no-keep-state)",
+                 UsageError)
 
 
 @dataclass(kw_only=True)

@@ -119,3 +119,17 @@ def test_albert_export_loads_with_from_pretrained(tmp_path):
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "final").state_dict()
     for key, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"keep_checkpoints": 0}, "keep_checkpoints"),
+    ({"checkpoint_every": -1}, "checkpoint_every"),
+    ({"follow_interval": 0}, "follow_interval"),
+    ({"enabled": False, "resume": True}, "resume: needs the state keeper"),
+])
+def test_keeper_config_names_the_bad_field(fields, message):
+    from crowdtrain.config import KeeperConfig
+    from crowdtrain.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        KeeperConfig(**fields)

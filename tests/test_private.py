@@ -6,17 +6,22 @@ import sys
 import time
 
 import pytest
+from hivemind.optim.progress_tracker import LocalTrainingProgress
 from hivemind.p2p import PeerID
+from hivemind.utils import get_dht_time
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.access import InviteOnlyStateAverager
 from crowdtrain.config import NetworkConfig
 from crowdtrain.dht.node import shutdown_dht, start_dht
 from crowdtrain.dht.publish import publish_peer
+from crowdtrain.dht.invited import progress_key
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.errors import ExitCode
 from crowdtrain.peers.identity import Identity
+from crowdtrain.peers.invites import invite_marker
 from crowdtrain.swarm.status import read_history
+from crowdtrain.swarm.summary import load_reports
 
 pytestmark = pytest.mark.timeout(300)
 COORDINATOR = ["--private", "--target-batch-size", "64", "--matchmaking-time", "2", "--request-timeout", "0.5",
@@ -77,6 +82,10 @@ def test_private_run_admits_only_invited_volunteers(local_swarm, tmp_path):
                 peer_id=str(intruder.peer_id), name="intruder", role="full", address="", samples=10**6,
                 samples_per_second=1e5, loss=0.1, epoch=10**4, device="cpu", finished=False, time=time.time()),
                 invite=token)
+            progress = LocalTrainingProgress(peer_id=intruder.peer_id.to_bytes(), epoch=10**4, samples_accumulated=64,
+                                             samples_per_second=1e5, time=get_dht_time(), client_mode=False)
+            dht.store(progress_key(run_id), progress.dict(), get_dht_time() + 60,
+                      subkey=b"[owner:" + intruder.public_key + b"]" + invite_marker(token))
             time.sleep(1.0)
         assert download_state(dht, keeper, f"{run_id}_state_averager") == 0, "the keeper sent its state to an intruder"
     finally:
@@ -91,3 +100,5 @@ def test_private_run_admits_only_invited_volunteers(local_swarm, tmp_path):
                for s in read_history(history))
     assert "refused a state download by uninvited peer" in coordinator.log()
     local_swarm.stop_all([invited])
+    report = load_reports([invited.report_path])[0]
+    assert max(report["epochs_seen"]) < 10**4, "the invited volunteer followed the intruder's forged progress"
