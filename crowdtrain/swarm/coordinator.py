@@ -135,10 +135,11 @@ def run_coordinator(
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
+        addresses = visible_addresses(dht)
         keeper = start_keeper(config.keeper, run, unpack_assets(run, chunks), run_directory(config, run.run_id),
-                              dht, identity, access)
+                              dht, identity, access, address=addresses[0] if addresses else "")
         after_hivemind_started()
-        on_ready(CoordinatorReady(run=run, addresses=visible_addresses(dht), resumed=resumed))
+        on_ready(CoordinatorReady(run=run, addresses=addresses, resumed=resumed))
         last_publish = time.monotonic()
         while not stop.wait(config.log_interval):
             if time.monotonic() - last_publish >= config.republish_interval:

@@ -31,7 +31,6 @@ from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.access import RunAccess
 from crowdtrain.config import KeeperConfig, RunConfig
-from crowdtrain.dht.node import visible_addresses
 from crowdtrain.dht.records import PeerRecord, subkey_values
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.checkpoints import Checkpoint, CheckpointStore
@@ -55,7 +54,7 @@ class StateKeeper:
     """Build with :meth:`start` from the main thread (hivemind's averagers must start there)."""
 
     def __init__(self, config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: Path,
-                 dht: hivemind.DHT, identity: Identity, access: Optional[RunAccess] = None):
+                 dht: hivemind.DHT, identity: Identity, access: Optional[RunAccess] = None, address: str = ""):
         self.config, self.run, self.run_dir, self.access = config, run, Path(run_dir), access
         self.dht, self.identity = dht, identity
         self.recipe = get_recipe(run.recipe)(run.hparams, run.dataset, assets)
@@ -68,7 +67,8 @@ class StateKeeper:
         self._reported = (-1, -math.inf)  # (epoch, monotonic time) of the published progress record; -1: none
         self._progress_checked = -math.inf
         self.model = self.optimizer = self.heartbeat = None
-        self.address = ""
+        self.address = address
+        "Where newcomers reach the keeper (the coordinator's address), shown in its peer record."
 
     @property
     def epoch(self) -> int:
@@ -80,7 +80,6 @@ class StateKeeper:
                                                model=self.model, batch_size=1, client_mode=False, access=self.access)
         if self.config.resume:
             self._restore()
-        self.address = (visible_addresses(self.dht) or [""])[0]
         self.heartbeat = Heartbeat(self.dht, self.identity, self.run.run_id, self._record, PUBLISH_INTERVAL,
                                    republish=lambda: None, republish_interval=math.inf).start()
         self._thread.start()
@@ -195,8 +194,8 @@ class StateKeeper:
 
 
 def start_keeper(config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: Path, dht: hivemind.DHT,
-                 identity: Identity, access: Optional[RunAccess] = None) -> Optional[StateKeeper]:
+                 identity: Identity, access: Optional[RunAccess] = None, address: str = "") -> Optional[StateKeeper]:
     """The started keeper, or None when the configuration turns it off."""
     if not config.enabled:
         return None
-    return StateKeeper(config, run, assets, run_dir, dht, identity, access).start()
+    return StateKeeper(config, run, assets, run_dir, dht, identity, access, address).start()
