@@ -8,14 +8,14 @@ import time
 import pytest
 from hivemind.optim.progress_tracker import LocalTrainingProgress
 from hivemind.p2p import PeerID
-from hivemind.utils import get_dht_time
 from hivemind.proto import averaging_pb2
+from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.access import InviteOnlyStateAverager
 from crowdtrain.config import NetworkConfig
+from crowdtrain.dht.invited import progress_key
 from crowdtrain.dht.node import shutdown_dht, start_dht
 from crowdtrain.dht.publish import publish_peer
-from crowdtrain.dht.invited import progress_key
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.errors import ExitCode
 from crowdtrain.peers.identity import Identity

@@ -98,5 +98,6 @@ def verify_invite(token: Optional[str], *, run_id: str, coordinator_public_key: 
     if invite.peer_id != peer_id:
         raise InviteError(f"the invite is for peer {invite.peer_id}, not this peer ({peer_id})")
     if invite.expires_at < (time.time() if now is None else now):
-        raise InviteError(f"the invite to run {run_id} expired at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(invite.expires_at))}")
+        expired = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invite.expires_at))
+        raise InviteError(f"the invite to run {run_id} expired at {expired}")
     return invite

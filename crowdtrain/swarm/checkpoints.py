@@ -104,7 +104,8 @@ class CheckpointStore:
             sidecar = json.loads(path.with_suffix(".json").read_text())
             expected = sidecar["sha256"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CorruptCheckpoint(f"{path.name}: missing or malformed checksum sidecar ({type(e).__name__})") from None
+            reason = f"missing or malformed checksum sidecar ({type(e).__name__})"
+            raise CorruptCheckpoint(f"{path.name}: {reason}") from None
         if sha256_file(path) != expected:
             raise CorruptCheckpoint(f"{path.name}: sha256 does not match its sidecar (corrupt or truncated)")
         try:

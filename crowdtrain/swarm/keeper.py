@@ -166,7 +166,8 @@ class StateKeeper:
         if advanced <= 0:
             return False
         by_epochs = self.config.checkpoint_every and advanced >= self.config.checkpoint_every
-        by_time = self.config.checkpoint_interval and time.monotonic() - self._saved_at >= self.config.checkpoint_interval
+        interval = self.config.checkpoint_interval
+        by_time = interval and time.monotonic() - self._saved_at >= interval
         return bool(by_epochs or by_time)
 
     def _save(self) -> None:
