@@ -68,6 +68,8 @@ class RunConfig:
     "Samples the whole swarm accumulates before one optimizer step (one global epoch)."
     max_epochs: int = 0
     "Volunteers stop cleanly when the run reaches this global epoch; 0 means no limit."
+    private: bool = False
+    "Only peers holding an invite signed by the coordinator may publish records or average (``crowdtrain invite``)."
     timeouts: Timeouts = field(default_factory=Timeouts)
     created_at: float = 0.0
     version: int = RUN_CONFIG_VERSION
@@ -92,6 +94,7 @@ class RunConfig:
                  "must be a positive integer")
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 0, "max_epochs",
                  "must be a non-negative integer")
+        _require(isinstance(self.private, bool), "private", "must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -185,6 +188,32 @@ class DashboardConfig:
 
 
 @dataclass(kw_only=True)
+class KeeperConfig:
+    """The coordinator's own copy of the training state (:mod:`crowdtrain.swarm.keeper`)."""
+
+    enabled: bool = True
+    "Follow the swarm's state and serve it, so that the run survives every volunteer leaving."
+    follow_interval: float = 2.0
+    "At most one state download from the swarm per this many seconds, when the swarm is ahead."
+    checkpoint_every: int = 10
+    "Save a checkpoint every this many global epochs (0: never by epochs)."
+    checkpoint_interval: float = 600.0
+    "Save a checkpoint at least this often in seconds when the epoch advanced (0: never by time)."
+    keep_checkpoints: int = 3
+    "How many of the newest checkpoints to keep in RUN_DIR/checkpoints."
+    resume: bool = False
+    "Start from the newest valid checkpoint in RUN_DIR/checkpoints."
+
+    def __post_init__(self) -> None:
+        _require(self.follow_interval > 0, "follow_interval", "must be positive", UsageError)
+        _require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0", UsageError)
+        _require(self.checkpoint_interval >= 0, "checkpoint_interval", "must be >= 0", UsageError)
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1", UsageError)
+        _require(self.enabled or not self.resume, "resume", "needs the state keeper (drop --no-keep-state)",
+                 UsageError)
+
+
+@dataclass(kw_only=True)
 class CoordinatorConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     recipe: str = "albert-tiny"
@@ -201,11 +230,17 @@ class CoordinatorConfig:
     republish_interval: float = 20.0
     dashboard: Optional[DashboardConfig] = None
     "Serve the run's dashboard (None: no dashboard)."
+    private: bool = False
+    "A private run: only volunteers with an invite (``crowdtrain invite``) take part."
+    keeper: KeeperConfig = field(default_factory=KeeperConfig)
 
     def __post_init__(self) -> None:
         _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)
         _require(self.max_epochs >= 0, "max_epochs", "must be >= 0", UsageError)
         _require(self.log_interval > 0, "log_interval", "must be positive", UsageError)
+        _require(not (self.network.client_mode and self.keeper.enabled), "client_mode",
+                 "the state keeper serves the run's state and needs incoming connections (or pass --no-keep-state)",
+                 UsageError)
 
 
 @dataclass(kw_only=True)
@@ -231,6 +266,8 @@ class VolunteerConfig:
     "Write a JSON report of this volunteer's contribution at exit."
     export_path: Optional[Path] = None
     "Save the final model parameters (torch state dict) at exit."
+    invite: Optional[str] = None
+    "This volunteer's invite token to a private run."
     discovery_timeout: float = 30.0
     publish_interval: float = 2.0
     progress_interval: float = 5.0

@@ -12,6 +12,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad command line, config file or recipe name
     NETWORK = 3  # address malformed or unreachable, port in use, swarm not found
     RUN_CONFIG = 4  # run configuration or its assets fail validation or signature checks
+    NOT_INVITED = 5  # the run is private and this peer's invite is missing, invalid or expired
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -31,3 +32,9 @@ class NetworkError(CrowdtrainError):
 
 class RunConfigError(CrowdtrainError):
     exit_code = ExitCode.RUN_CONFIG
+
+
+class InviteError(CrowdtrainError):
+    """A private run refuses this peer: no invite, or one that is forged, expired or for someone else."""
+
+    exit_code = ExitCode.NOT_INVITED

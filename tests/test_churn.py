@@ -86,10 +86,11 @@ def test_swarm_survives_the_coordinator(local_swarm, tmp_path):
 
 
 def test_newcomer_without_live_donor_trains_on_with_one_warning(local_swarm, tmp_path):
-    """The only donor died: the newcomer must not spin on it (hivemind alone stalled ~53 s here)."""
+    """The only donor died: the newcomer must not spin on it (hivemind alone stalled ~53 s here).
+    The coordinator keeps no state here: its state keeper would be a live donor."""
     history = tmp_path / "history.jsonl"
     _, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(tmp_path / "run"),
-                                                "--history", str(history)])
+                                                "--history", str(history), "--no-keep-state"])
     donor = local_swarm.start_volunteer("donor", [address], ["--batch-size", "16"])
     wait_for_epoch(history, 3, timeout=120)
     donor.popen.send_signal(signal.SIGKILL)

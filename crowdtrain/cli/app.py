@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 from crowdtrain.errors import CrowdtrainError, ExitCode, UsageError
 
-SUBCOMMANDS = ("coordinator", "join", "status", "dashboard", "demo", "identity")
+SUBCOMMANDS = ("coordinator", "join", "status", "dashboard", "demo", "identity", "invite")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,10 +17,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _modules() -> dict[str, Any]:
-    from crowdtrain.cli import coordinator, dashboard, demo, identity, join, status
+    from crowdtrain.cli import coordinator, dashboard, demo, identity, invite, join, status
 
     return {"coordinator": coordinator, "join": join, "status": status, "dashboard": dashboard, "demo": demo,
-            "identity": identity}
+            "identity": identity, "invite": invite}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
                                    network_from_args, setup_logging, timeouts_from_args)
 from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
-from crowdtrain.config import CoordinatorConfig
+from crowdtrain.config import CoordinatorConfig, KeeperConfig
 from crowdtrain.dht.node import preferred_address
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.coordinator import CoordinatorReady, run_coordinator
@@ -28,8 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-epochs", type=int, default=0, help="stop the run at this global epoch (0: never)")
     run.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON",
                      help="override a recipe hyper-parameter, e.g. --hparam lr=0.002 (repeatable)")
+    run.add_argument("--private", action="store_true",
+                     help="only volunteers invited with 'crowdtrain invite' may publish records or average")
     run.add_argument("--run-dir", type=Path, default=None,
                      help="where the run's configuration and assets are kept (default: user data dir)")
+    keeper = parser.add_argument_group("state keeper and checkpoints")
+    defaults = KeeperConfig()
+    keeper.add_argument("--no-keep-state", dest="keep_state", action="store_false",
+                        help="hold no training state (the run is lost if every volunteer leaves; no checkpoints)")
+    keeper.add_argument("--resume", action="store_true",
+                        help="start from the newest valid checkpoint in RUN_DIR/checkpoints")
+    keeper.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, metavar="EPOCHS",
+                        help="save a checkpoint every EPOCHS global epochs (0: never by epochs)")
+    keeper.add_argument("--checkpoint-interval", type=float, default=defaults.checkpoint_interval, metavar="SECONDS",
+                        help="save a checkpoint at least every SECONDS when the epoch advanced (0: never by time)")
+    keeper.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, metavar="K",
+                        help="keep the newest K checkpoints")
+    keeper.add_argument("--follow-interval", type=float, default=defaults.follow_interval, metavar="SECONDS",
+                        help="at most one state download from the swarm per SECONDS")
     add_timeout_options(parser)
     add_network_options(parser)
     parser.add_argument("--initial-peers", action="append", default=[], metavar="ADDRESS",
@@ -61,7 +77,11 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
             log_interval=args.log_interval,
-            dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None)
+            dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None,
+            private=args.private, keeper=KeeperConfig(
+                enabled=args.keep_state, follow_interval=args.follow_interval, checkpoint_every=args.checkpoint_every,
+                checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
+                resume=args.resume))
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -100,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.history, "a") as f:
                 f.write(json.dumps(status) + "\n")
 
-    run_coordinator(config, identity, stop.event, lambda r: _print_ready(r, args.loopback), on_status)
+    run_coordinator(config, identity, stop.event, lambda r: _print_ready(r, args.loopback), on_status,
+                    after_hivemind_started=stop.install)
     print("coordinator stopped", file=sys.stderr)
     return 0

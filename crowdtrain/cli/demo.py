@@ -42,7 +42,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 def _coordinator_args(config: DemoConfig) -> list[str]:
-    return ["--recipe", config.recipe, "--target-batch-size", str(config.target_batch_size),
+    """A short showcase on one machine: no state keeper (its start-up and downloads cost the volunteers CPU)."""
+    return ["--no-keep-state", "--recipe", config.recipe, "--target-batch-size", str(config.target_batch_size),
             "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "6",
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
             "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl")]

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     vol = parser.add_argument_group("volunteer")
     vol.add_argument("--name", default="", help="your volunteer name, shown in status and on the leaderboard")
     vol.add_argument("--run-id", default=None, help="which run to join if the swarm hosts several")
+    vol.add_argument("--invite", default=None, metavar="TOKEN",
+                     help="your invite to a private run (the coordinator creates it with 'crowdtrain invite')")
     compute = parser.add_argument_group("compute")
     compute.add_argument("--batch-size", type=int, default=None,
                          help="micro-batch size (samples per local step); default: picked by a short measured probe")
@@ -54,7 +56,7 @@ def config_from_args(args: argparse.Namespace, identity_path: Path) -> Volunteer
             batch_size=args.batch_size, throttle=args.throttle, threads=args.threads, max_hours=args.max_hours,
             max_samples=args.max_samples, check_reachability=args.check_reachability, evaluate=args.evaluate,
             report_path=args.report, export_path=args.export, discovery_timeout=args.discovery_timeout,
-            progress_interval=args.progress_interval)
+            progress_interval=args.progress_interval, invite=args.invite)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

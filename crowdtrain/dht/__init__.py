@@ -4,4 +4,5 @@
 - ``records.py``: every DHT record type (keys, schemas, typed values, validation on read).
 - ``signing.py``: signed JSON documents and the run id bound to a coordinator key.
 - ``publish.py``: storing and reading the run's records (announcement, config, assets, peers).
+- ``invited.py``: the validator of a private run (peer and progress records need a valid invite).
 """

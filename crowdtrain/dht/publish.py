@@ -28,6 +28,7 @@ from crowdtrain.dht.records import (
 from crowdtrain.dht.signing import SignatureError, run_id_for, sign_document, verify_document
 from crowdtrain.errors import RunConfigError
 from crowdtrain.peers.identity import Identity
+from crowdtrain.peers.invites import invite_marker
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +153,12 @@ def unpack_assets(run: RunConfig, chunks: list[bytes]) -> bytes:
     return assets
 
 
-def publish_peer(dht: hivemind.DHT, identity: Identity, run_id: str, record: PeerRecord) -> None:
-    """Refresh this peer's progress record without blocking the caller."""
-    dht.store(peers_key(run_id), record.to_value(), get_dht_time() + PEER_RECORD_TTL,
-              subkey=owner_marker(identity), return_future=True)
+def publish_peer(dht: hivemind.DHT, identity: Identity, run_id: str, record: PeerRecord,
+                 invite: Optional[str] = None) -> None:
+    """Refresh this peer's progress record without blocking the caller (with its invite in a private run)."""
+    subkey = owner_marker(identity) + (b"" if invite is None else invite_marker(invite))
+    dht.store(peers_key(run_id), record.to_value(), get_dht_time() + PEER_RECORD_TTL, subkey=subkey,
+              return_future=True)
 
 
 @dataclass(frozen=True)

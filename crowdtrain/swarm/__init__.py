@@ -10,4 +10,7 @@
 - ``status.py``: the run's status document (``crowdtrain status --json``).
 - ``summary.py``: the demo's summary table, JSON and plot.
 - ``progress.py``: the live progress line.
+- ``keeper.py``: the coordinator's state keeper: follows and serves the state, checkpoints, final export.
+- ``checkpoints.py``: checkpoints on disk (atomic, sha256 sidecar, the newest K kept, corrupt ones skipped).
+- ``export.py``: the final model in the recipe's native format with a checksum manifest.
 """

@@ -1,8 +1,9 @@
 """The coordinator: creates (or resumes) a run, keeps it published, watches global progress.
 
-It holds no training state: the swarm is the source of truth. Its run directory keeps the signed
-configuration's content and the recipe assets so that a restart with the same identity continues
-the same run with the same tokenizer.
+The swarm is the source of truth; the coordinator's state keeper (:mod:`crowdtrain.swarm.keeper`,
+on by default) follows it, serves it when every volunteer has left, checkpoints it and exports the
+final model. Its run directory keeps the signed configuration's content and the recipe assets so
+that a restart with the same identity continues the same run with the same tokenizer.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import hivemind
 
+from crowdtrain.averaging.access import RunAccess
 from crowdtrain.config import CoordinatorConfig, RunConfig, default_data_dir
+from crowdtrain.dht.invited import InviteValidator
 from crowdtrain.dht.node import preferred_address, shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import RunRecords, chunk_digest, pack_assets, publish_run_records, unpack_assets
 from crowdtrain.dht.reachability import serve_dialback
@@ -26,6 +29,7 @@ from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
 from crowdtrain.errors import UsageError
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.keeper import start_keeper
 from crowdtrain.swarm.status import swarm_status
 from crowdtrain.trainers import get_recipe
 
@@ -88,7 +92,7 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
         run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
         assets_chunks=[], target_batch_size=config.target_batch_size,
-        max_epochs=config.max_epochs, timeouts=config.timeouts, created_at=time.time(),
+        max_epochs=config.max_epochs, private=config.private, timeouts=config.timeouts, created_at=time.time(),
     )
     return run, assets
 
@@ -109,7 +113,7 @@ def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfi
             raise UsageError(f"this identity already coordinates run {run_id} with recipe {run.recipe}; "
                              f"use another --identity to start a {config.recipe} run")
         run = dataclasses.replace(run, target_batch_size=config.target_batch_size, max_epochs=config.max_epochs,
-                                  timeouts=config.timeouts, created_at=time.time())
+                                  private=config.private, timeouts=config.timeouts, created_at=time.time())
     else:
         run, assets = _new_run(config, run_id)
     chunks = pack_assets(assets)
@@ -124,19 +128,27 @@ def run_coordinator(
     stop: threading.Event,
     on_ready: Callable[[CoordinatorReady], None],
     on_status: Callable[[dict[str, Any]], None],
+    after_hivemind_started: Callable[[], None] = lambda: None,
 ) -> None:
     """Publish the run and report its status every ``log_interval`` seconds until ``stop`` is set."""
     run, chunks, resumed = prepare_run(config, identity)
     dht = start_dht(config.network, identity)
     dashboard: Optional[Dashboard] = None
+    keeper = None
     try:
         dht.add_validators([run_validator(run.run_id)])
         if not config.network.client_mode:
             serve_dialback(dht)
+        access = RunAccess(run.run_id, identity.public_key) if run.private else None
+        if access is not None:
+            dht.add_validators([InviteValidator(run.run_id, identity.public_key)])
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")
         addresses = visible_addresses(dht)
+        keeper = start_keeper(config.keeper, run, unpack_assets(run, chunks), run_directory(config, run.run_id),
+                              dht, identity, access, address=addresses[0] if addresses else "")
+        after_hivemind_started()
         if config.dashboard is not None:
             dashboard = _start_dashboard(config, dht, run, chunks, addresses)
         on_ready(CoordinatorReady(run=run, addresses=addresses, resumed=resumed,
@@ -150,6 +162,8 @@ def run_coordinator(
     finally:
         if dashboard is not None:
             dashboard.stop()
+        if keeper is not None:
+            keeper.close()
         shutdown_dht(dht)
 
 

@@ -11,6 +11,7 @@ import hivemind
 
 from crowdtrain.config import RunConfig
 from crowdtrain.dht.publish import RunRecords, read_asset_chunks, read_run_config, read_runs, unpack_assets
+from crowdtrain.dht.invited import InviteValidator
 from crowdtrain.dht.records import run_validator
 from crowdtrain.errors import NetworkError, RunConfigError, UsageError
 
@@ -83,6 +84,8 @@ def join_run(dht: hivemind.DHT, wanted: Optional[str], timeout: float,
     chunks = _wait_for(lambda: read_asset_chunks(dht, config), timeout, stop)
     if chunks is None:
         raise RunNotFoundError(f"the assets of run {run_id} were not found within {timeout:.0f} s")
+    if config.private:
+        dht.add_validators([InviteValidator(run_id, verified.document["public_key"])])
     records = RunRecords.of(config, verified.document, chunks)
     logger.info(f"joined run {run_id}: recipe {config.recipe}, target batch {config.target_batch_size}")
     return JoinedRun(config=config, assets=unpack_assets(config, chunks), records=records)

@@ -46,7 +46,7 @@ def live_peers(dht: hivemind.DHT, run_id: str) -> list[PeerRecord]:
 
 
 def choose_canonical(records: list[PeerRecord]) -> Optional[PeerRecord]:
-    donors = [r for r in records if r.role != "client"]
+    donors = [r for r in records if r.role == "full"]  # the coordinator's keeper ("aux") adopts, never leads
     if not donors:
         return None
     top = max(r.epoch for r in donors)

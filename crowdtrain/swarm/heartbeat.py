@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import hivemind
 
@@ -19,10 +19,12 @@ from crowdtrain.peers.identity import Identity
 
 class Heartbeat:
     def __init__(self, dht: hivemind.DHT, identity: Identity, run_id: str, make_record: Callable[[], PeerRecord],
-                 interval: float, republish: Callable[[], object], republish_interval: float):
+                 interval: float, republish: Callable[[], object], republish_interval: float,
+                 invite: Optional[str] = None):
         self.dht, self.identity, self.run_id = dht, identity, run_id
         self.make_record, self.interval = make_record, interval
         self.republish, self.republish_interval = republish, republish_interval
+        self.invite = invite
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -31,7 +33,7 @@ class Heartbeat:
         return self
 
     def publish_now(self) -> None:
-        publish_peer(self.dht, self.identity, self.run_id, self.make_record())
+        publish_peer(self.dht, self.identity, self.run_id, self.make_record(), self.invite)
 
     def _run(self) -> None:
         last_republish = time.monotonic()

@@ -9,7 +9,10 @@ from typing import Optional
 
 import hivemind
 import torch
+from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.optim.state_averager import TrainingStateAverager
 
+from crowdtrain.averaging.access import InvitedProgressTracker, RunAccess, gated_averager_factories
 from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
 from crowdtrain.trainers.base import Recipe
@@ -51,9 +54,16 @@ class SwarmOptimizer(hivemind.Optimizer):
     training. Here a failed download waits with exponential back-off (and jitter, so that many
     newcomers do not retry in step), keeps training from this peer's own state meanwhile, and says so
     in one warning line. It also counts its averaging rounds (:class:`AveragingStats`) for its record.
+
+    In a private run (``access``) its averagers refuse uninvited peers and its progress records carry
+    this peer's invite (:mod:`crowdtrain.averaging.access`).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, access: Optional[RunAccess] = None, **kwargs):
+        self._access, self._state_averager_factory = access, TrainingStateAverager
+        if access is not None:
+            kwargs["grad_averager_factory"], self._state_averager_factory = gated_averager_factories(
+                kwargs["dht"], access)
         super().__init__(**kwargs)
         self._failed_downloads = 0
         self._next_download = 0.0
@@ -73,6 +83,23 @@ class SwarmOptimizer(hivemind.Optimizer):
         averaged = (control is not None and control.done() and not control.cancelled()
                     and control.exception() is None)
         self._round = (averaged, time.perf_counter() - started)
+
+    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+        if self._access is None:
+            return super()._make_state_averager(**kwargs)
+        return self._state_averager_factory(  # the arguments of hivemind 1.1.12's _make_state_averager
+            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs)
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
+        if self._access is None or self._access.invite is None:
+            return super()._make_progress_tracker(target_batch_size, **kwargs)
+        return InvitedProgressTracker(
+            invite=self._access.invite, dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+            client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True, **kwargs)
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
@@ -100,6 +127,7 @@ def build_swarm_optimizer(
     model: torch.nn.Module,
     batch_size: int,
     client_mode: bool,
+    access: Optional[RunAccess] = None,
 ) -> hivemind.Optimizer:
     """One optimizer step per global epoch, when the swarm has accumulated the run's target batch.
 
@@ -112,6 +140,7 @@ def build_swarm_optimizer(
     """
     timeouts = run.timeouts
     return SwarmOptimizer(
+        access=access,
         dht=dht,
         run_id=run.run_id,
         target_batch_size=run.target_batch_size,

@@ -42,9 +42,14 @@ def swarm_status(dht: hivemind.DHT, run: RunConfig, now: Optional[float] = None)
 
 
 def status_document(run: RunConfig, peers: PeerRecords, now: Optional[float] = None) -> dict[str, Any]:
-    """The status document of ``run`` from peer records already read (see :func:`swarm_status`)."""
+    """The status document of ``run`` from peer records already read (see :func:`swarm_status`).
+
+    ``peers`` lists the training peers; ``keepers`` the coordinator's state keepers (role ``aux``), which
+    count only towards the global epoch (they hold it while no volunteer is there).
+    """
     now = time.time() if now is None else now
     global_epoch = max((r.epoch for r in peers.records), default=0)
+    training = [r for r in peers.records if r.role != "aux"]
     return {
         "run_id": run.run_id,
         "recipe": run.recipe,
@@ -52,9 +57,10 @@ def status_document(run: RunConfig, peers: PeerRecords, now: Optional[float] = N
         "max_epochs": run.max_epochs,
         "target_batch_size": run.target_batch_size,
         "samples": global_epoch * run.target_batch_size,
-        "samples_per_second": round(sum(r.samples_per_second for r in peers.records), 3),
-        "loss": _mean_loss(peers.records),
-        "peers": [_peer_entry(r, now) for r in peers.records],
+        "samples_per_second": round(sum(r.samples_per_second for r in training), 3),
+        "loss": _mean_loss(training),
+        "peers": [_peer_entry(r, now) for r in training],
+        "keepers": [_peer_entry(r, now) for r in peers.records if r.role == "aux"],
         "rejected_records": peers.rejected,
         "time": now,
     }
@@ -74,6 +80,8 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{p['samples']:>10}{p['samples_per_second']:>11.1f}{p['last_seen_s']:>6.0f}s")
     if not status["peers"]:
         lines.append("(no peers online)")
+    for k in status["keepers"]:
+        lines.append(f"state keeper {k['peer_id'][-12:]} holds epoch {k['epoch']} (seen {k['last_seen_s']:.0f}s ago)")
     return "\n".join(lines)
 
 

@@ -15,12 +15,14 @@ import torch
 from hivemind.utils import get_dht_time
 
 from crowdtrain.config import VolunteerConfig
-from crowdtrain.errors import RunConfigError
+from crowdtrain.averaging.access import RunAccess
+from crowdtrain.errors import InviteError, RunConfigError
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_run_records, read_peers
 from crowdtrain.dht.reachability import Reachability, check_reachability, serve_dialback
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
+from crowdtrain.peers.invites import verify_invite
 from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
 from crowdtrain.swarm.device import DeviceInfo, default_threads, describe, detect_device
 from crowdtrain.swarm.discovery import JoinedRun, join_run
@@ -95,6 +97,20 @@ def build_recipe(joined: JoinedRun) -> Recipe:
         raise RunConfigError(f"cannot use the configuration of run {run.run_id}: {e}") from None
 
 
+def admit(joined: JoinedRun, identity: Identity, invite: Optional[str]) -> Optional[RunAccess]:
+    """None for a public run; this peer's access to a private one, or :class:`InviteError` in one line."""
+    run = joined.config
+    if not run.private:
+        return None
+    coordinator_key = joined.records.document["public_key"]
+    try:
+        verify_invite(invite, run_id=run.run_id, coordinator_public_key=coordinator_key, peer_id=str(identity.peer_id))
+    except InviteError as e:
+        raise InviteError(f"{e}; ask the coordinator for an invite (crowdtrain invite {identity.peer_id}) "
+                          f"and join with --invite TOKEN") from None
+    return RunAccess(run.run_id, coordinator_key, invite)
+
+
 class Volunteer:
     """Composes DHT, recipe, swarm optimizer and training loop for one ``crowdtrain join``."""
 
@@ -118,6 +134,7 @@ class Volunteer:
         try:
             joined = join_run(dht, self.config.run_id, self.config.discovery_timeout, stop)
             self.report.run_id, self.report.joined_at = joined.config.run_id, time.time()
+            access = admit(joined, self.identity, self.config.invite)
             self.address = "" if self.client_mode else (visible_addresses(dht) or [""])[0]
             recipe = build_recipe(joined)
             model = recipe.build_model().to(self.device)
@@ -128,9 +145,9 @@ class Volunteer:
                 self._evaluate(recipe, model, start=True)
             optimizer = build_swarm_optimizer(
                 dht=dht, identity=self.identity, run=joined.config, recipe=recipe, model=model,
-                batch_size=self.batch_size, client_mode=self.client_mode)
+                batch_size=self.batch_size, client_mode=self.client_mode, access=access)
             after_hivemind_started()
-            self._train(joined, recipe, model, optimizer, dht, stop, on_progress)
+            self._train(joined, recipe, model, optimizer, dht, stop, on_progress, access)
             optimizer.state_averager.step(wait_for_delayed_updates=True)  # the last update lands before export
             if self.config.evaluate:
                 self._evaluate(recipe, model, start=False)
@@ -202,7 +219,8 @@ class Volunteer:
             self.report.eval_end = result.value
 
     def _train(self, joined: JoinedRun, recipe: Recipe, model: torch.nn.Module, optimizer: hivemind.Optimizer,
-               dht: hivemind.DHT, stop: threading.Event, on_progress: Callable[[VolunteerStatus], None]) -> None:
+               dht: hivemind.DHT, stop: threading.Event, on_progress: Callable[[VolunteerStatus], None],
+               access: Optional[RunAccess]) -> None:
         run = joined.config
         loop = TrainingLoop(recipe, model, optimizer, recipe.batches(self.shard_seed, self.batch_size),
                             self.batch_size, self.device, self.config.throttle)
@@ -210,7 +228,7 @@ class Volunteer:
         heartbeat = Heartbeat(
             dht, self.identity, run.run_id, lambda: self._record(loop, optimizer, finish_state),
             self.config.publish_interval, lambda: publish_run_records(dht, self.identity, joined.records),
-            RUN_REPUBLISH_INTERVAL).start()
+            RUN_REPUBLISH_INTERVAL, invite=access.invite if access else None).start()
         started = time.monotonic()
         try:
             while not stop.is_set():

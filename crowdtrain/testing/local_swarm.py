@@ -105,11 +105,11 @@ class LocalSwarm:
         return peer, self.wait_for_dashboard(peer, timeout)
 
     def start_volunteer(self, name: str, addresses: Sequence[str], args: Sequence[str] = (),
-                        launcher: Optional[Sequence[str]] = None) -> PeerProcess:
-        """Start ``crowdtrain join --loopback ADDRESS ...`` with a fresh identity and a JSON report
+                        launcher: Optional[Sequence[str]] = None, identity: Optional[Identity] = None) -> PeerProcess:
+        """Start ``crowdtrain join --loopback ADDRESS ...`` with a fresh identity (unless given) and a JSON report
         (``launcher`` replaces ``python -m crowdtrain``, e.g. for a benchmark's control volunteer)."""
         return self._spawn(name, "volunteer", ["join", *addresses, "--loopback", "--name", name, *args], report=True,
-                           launcher=launcher)
+                           identity=identity, launcher=launcher)
 
     def signal(self, peer: PeerProcess, sig: int) -> None:
         if peer.alive:

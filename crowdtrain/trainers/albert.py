@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -135,6 +136,11 @@ class AlbertTiny(Recipe):
         """Linear warm-up over ``warmup_epochs`` global epochs, then the constant rate ``lr``."""
         factor = functools.partial(_warmup_factor, warmup_epochs=self.hparams["warmup_epochs"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def export(self, model: torch.nn.Module, directory: Path) -> None:
+        """``save_pretrained`` (``transformers`` loads it with ``from_pretrained``) plus the run's tokenizer."""
+        model.save_pretrained(directory)
+        (Path(directory) / "tokenizer.json").write_bytes(self.assets)
 
     def evaluate(self, model: torch.nn.Module) -> EvalResult:
         """Accuracy of predicting the masked tokens of a fixed held-out set."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 import torch
@@ -71,6 +72,13 @@ class Recipe(ABC):
     @abstractmethod
     def evaluate(self, model: torch.nn.Module) -> EvalResult:
         """The recipe's evaluation metric on held-out data."""
+
+    def export(self, model: torch.nn.Module, directory: Path) -> None:
+        """Write the trained model into the existing, empty ``directory`` in the workload's native format.
+
+        Default: the model's state dict as ``model.pt``.
+        """
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(directory) / "model.pt")
 
 
 RecipeFactory = Callable[[Mapping[str, Any], Mapping[str, Any], bytes], Recipe]
