@@ -91,6 +91,7 @@ def test_every_volunteer_leaves_newcomer_continues_and_final_model_is_exported(l
                       "loss_fresh": fresh, "loss_before": before, "loss_after": after}))
 
 
+@pytest.mark.slow  # the corrupt-checkpoint skip is unit-tested in test_checkpoints; this is the end-to-end run
 def test_kill_everyone_resume_from_newest_valid_checkpoint(local_swarm, tmp_path):
     history, run_dir = tmp_path / "history.jsonl", tmp_path / "run"
     args = [*COORDINATOR, "--run-dir", str(run_dir), "--history", str(history), "--checkpoint-every", "2",
