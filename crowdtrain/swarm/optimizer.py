@@ -4,12 +4,19 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Optional
 
 import hivemind
 import torch
+from hivemind.optim.progress_tracker import ProgressTracker
 
+from crowdtrain.averaging.averager import gradient_averager_factory
+from crowdtrain.averaging.bans import BanSnapshot
 from crowdtrain.config import RunConfig
+from crowdtrain.dht.publish import publish_integrity
+from crowdtrain.dht.records import IntegrityRecord
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.tracker import BoundedProgressTracker
 from crowdtrain.trainers.base import Recipe
 
 
@@ -28,10 +35,19 @@ class SwarmOptimizer(hivemind.Optimizer):
     in one warning line.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, max_peer_share: Optional[float] = None, **kwargs):
+        self._max_peer_share = max_peer_share
         super().__init__(**kwargs)
         self._failed_downloads = 0
         self._next_download = 0.0
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
+        """With ``max_peer_share``, other peers' progress claims are bounded (:mod:`crowdtrain.swarm.tracker`)."""
+        if self._max_peer_share is None:
+            return super()._make_progress_tracker(target_batch_size, **kwargs)
+        return BoundedProgressTracker(
+            dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size, client_mode=self.client_mode,
+            status_loglevel=self.status_loglevel, start=True, max_peer_share=self._max_peer_share, **kwargs)
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
@@ -68,8 +84,18 @@ def build_swarm_optimizer(
     rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
     (``delay_state_averaging``, hivemind's default) still overlaps with compute.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
+    With a robust ``run.integrity.aggregator`` gradients are averaged by
+    :class:`~crowdtrain.averaging.averager.RobustGradientAverager` and other peers' progress claims
+    are bounded; with ``mean`` both are hivemind's own (the control of the attack benchmarks).
     """
     timeouts = run.timeouts
+    me = str(identity.peer_id)
+
+    def publish_bans(snapshot: BanSnapshot) -> None:
+        record = IntegrityRecord(reporter=me, strikes=snapshot.strikes, banned=snapshot.banned, time=time.time())
+        publish_integrity(dht, identity, run.run_id, record)
+
+    robust = run.integrity.robust
     return SwarmOptimizer(
         dht=dht,
         run_id=run.run_id,
@@ -87,5 +113,7 @@ def build_swarm_optimizer(
         client_mode=client_mode,
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD},
         tracker_opts={"private_key": identity.private_key},
+        grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
+        max_peer_share=run.integrity.max_peer_share if robust else None,
         verbose=False,
     )
