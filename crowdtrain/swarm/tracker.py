@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from hivemind.optim.progress_tracker import LocalTrainingProgress, ProgressTracker
@@ -47,26 +48,44 @@ class BoundedProgressTracker(ProgressTracker):
         return super()._parse_swarm_progress_data(metadata)
 
     def _bound(self, subkey: Any, entry: Any) -> Optional[ValueWithExpiration]:
-        if not isinstance(entry, ValueWithExpiration) or entry.value is None:
-            return entry if isinstance(entry, ValueWithExpiration) else self._reject(subkey, "not a record")
-        try:
-            progress = LocalTrainingProgress.parse_obj(entry.value)
-        except Exception as e:
-            return self._reject(subkey, f"malformed ({type(e).__name__})")
-        if not math.isfinite(progress.time) or progress.time > get_dht_time() + MAX_CLOCK_SKEW:
-            return self._reject(subkey, "timestamped in the future")
-        if not math.isfinite(progress.samples_per_second) or progress.samples_per_second > MAX_SAMPLES_PER_SECOND:
-            return self._reject(subkey, f"impossible throughput {progress.samples_per_second:.3g} samples/s")
-        if subkey == self._local_public_key or progress.samples_accumulated <= self.peer_cap:
-            return entry
-        self.clamped += 1
-        if self.clamped == 1 or self.clamped % 100 == 0:
-            logger.warning(f"a peer claims {progress.samples_accumulated} samples towards a batch of "
-                           f"{self.target_batch_size}; counting {self.peer_cap} (clamped {self.clamped} times)")
-        value = {**entry.value, "samples_accumulated": self.peer_cap}
-        return ValueWithExpiration(value, entry.expiration_time)
+        result = bound_progress(entry, cap=None if subkey == self._local_public_key else self.peer_cap)
+        if result.reason is not None:
+            self.rejected += 1
+            logger.warning(f"ignoring a progress record: {result.reason} (rejected {self.rejected})")
+        elif result.claimed is not None:
+            self.clamped += 1
+            if self.clamped == 1 or self.clamped % 100 == 0:
+                logger.warning(f"a peer claims {result.claimed} samples towards a batch of {self.target_batch_size}; "
+                               f"counting {self.peer_cap} (clamped {self.clamped} times)")
+        return result.entry
 
-    def _reject(self, subkey: Any, reason: str) -> None:
-        self.rejected += 1
-        logger.warning(f"ignoring a progress record: {reason} (rejected {self.rejected})")
-        return None
+
+@dataclass(frozen=True)
+class Bounded:
+    entry: Optional[ValueWithExpiration]
+    "What to count (None: drop the record)."
+    reason: Optional[str] = None
+    "Why the record was dropped."
+    claimed: Optional[int] = None
+    "The claimed samples, if they were clamped."
+
+
+def bound_progress(entry: Any, cap: Optional[int], now: Optional[float] = None) -> Bounded:
+    """One ``R_progress`` entry as this peer counts it: dropped, clamped to ``cap`` samples, or as is."""
+    if not isinstance(entry, ValueWithExpiration):
+        return Bounded(None, reason="not a record")
+    if entry.value is None:
+        return Bounded(entry)
+    try:
+        progress = LocalTrainingProgress.parse_obj(entry.value)
+    except Exception as e:
+        return Bounded(None, reason=f"malformed ({type(e).__name__})")
+    now = get_dht_time() if now is None else now
+    if not math.isfinite(progress.time) or progress.time > now + MAX_CLOCK_SKEW:
+        return Bounded(None, reason="timestamped in the future")
+    if not math.isfinite(progress.samples_per_second) or progress.samples_per_second > MAX_SAMPLES_PER_SECOND:
+        return Bounded(None, reason=f"impossible throughput {progress.samples_per_second:.3g} samples/s")
+    if cap is None or progress.samples_accumulated <= cap:
+        return Bounded(ValueWithExpiration(progress.dict(), entry.expiration_time))
+    value = {**progress.dict(), "samples_accumulated": cap}
+    return Bounded(ValueWithExpiration(value, entry.expiration_time), claimed=progress.samples_accumulated)
