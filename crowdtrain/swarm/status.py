@@ -9,8 +9,8 @@ from typing import Any, Optional
 import hivemind
 
 from crowdtrain.config import RunConfig
-from crowdtrain.dht.publish import read_peers
-from crowdtrain.dht.records import PeerRecord
+from crowdtrain.dht.publish import read_integrity, read_peers
+from crowdtrain.dht.records import IntegrityRecord, PeerRecord
 
 
 def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
@@ -36,10 +36,24 @@ def _mean_loss(records: list[PeerRecord]) -> Optional[float]:
     return sum(loss * w for loss, w in weighted) / sum(w for _, w in weighted)
 
 
+def _offenders(records: list[IntegrityRecord]) -> list[dict[str, Any]]:
+    """Peers others rejected: rounds with a rejection (summed over reporters) and how many banned them."""
+    strikes: dict[str, int] = {}
+    banned_by: dict[str, int] = {}
+    for record in records:
+        for peer, count in record.strikes.items():
+            strikes[peer] = strikes.get(peer, 0) + count
+        for peer in record.banned:
+            banned_by[peer] = banned_by.get(peer, 0) + 1
+    return [{"peer_id": peer, "strikes": strikes[peer], "banned_by": banned_by.get(peer, 0)}
+            for peer in sorted(strikes, key=lambda p: -strikes[p])]
+
+
 def swarm_status(dht: hivemind.DHT, run: RunConfig, now: Optional[float] = None) -> dict[str, Any]:
     """``samples`` counts samples folded into the model: completed global epochs x target batch."""
     now = time.time() if now is None else now
     peers = read_peers(dht, run.run_id)
+    integrity = read_integrity(dht, run.run_id)
     global_epoch = max((r.epoch for r in peers.records), default=0)
     return {
         "run_id": run.run_id,
@@ -51,7 +65,8 @@ def swarm_status(dht: hivemind.DHT, run: RunConfig, now: Optional[float] = None)
         "samples_per_second": round(sum(r.samples_per_second for r in peers.records), 3),
         "loss": _mean_loss(peers.records),
         "peers": [_peer_entry(r, now) for r in peers.records],
-        "rejected_records": peers.rejected,
+        "rejected_records": peers.rejected + integrity.rejected,
+        "offenders": _offenders(integrity.records),
         "time": now,
     }
 
@@ -70,6 +85,8 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{p['samples']:>10}{p['samples_per_second']:>11.1f}{p['last_seen_s']:>6.0f}s")
     if not status["peers"]:
         lines.append("(no peers online)")
+    for o in status.get("offenders", []):
+        lines.append(f"rejected peer {o['peer_id'][-12:]}: {o['strikes']} rounds, banned by {o['banned_by']}")
     return "\n".join(lines)
 
 
