@@ -8,9 +8,10 @@ clamped progress claim, or the hostile's own count of refused forgeries).
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,7 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.coordinator import ASSETS_FILE, RUN_FILE
 from crowdtrain.testing.hostile import hostile_launcher
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
-from crowdtrain.trainers import get_recipe
+from crowdtrain.trainers import Recipe, get_recipe
 
 FORGERY_RE = re.compile(r"hostile: forged stores accepted (\d+), refused (\d+)")
 
@@ -42,17 +43,17 @@ class Scenario:
 class Outcome:
     scenario: Scenario
     final_loss: float
-    "Mean held-out masked-LM loss of the honest peers' final models (inf if any is not finite)."
-    loss_spread: float
-    "Largest difference between two honest peers' losses."
+    "Held-out masked-LM loss of the first honest peer's final model (inf if not finite)."
+    divergence: float
+    "Largest absolute difference of any parameter between two honest peers' final models."
     samples: int
     "Samples all peers processed (the hostile's included)."
     detected: bool
     evidence: str
 
     def to_dict(self) -> dict:
-        return {"attack": self.scenario.attack, "aggregator": self.scenario.aggregator, "final_loss": self.final_loss,
-                "loss_spread": self.loss_spread, "samples": self.samples, "detected": self.detected,
+        return {"attack": self.scenario.attack, "aggregator": self.scenario.aggregator, "final_loss": round(self.final_loss, 4),
+                "divergence": self.divergence, "samples": self.samples, "detected": self.detected,
                 "evidence": self.evidence}
 
 
@@ -77,29 +78,37 @@ def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinat
         code = peer.popen.wait(timeout=scenario.timeout)
         if code != 0:
             raise RuntimeError(f"{peer.name} exited with {code}: {peer.log()[-2000:]}")
-    losses = _held_out_losses(run_dir, [workdir / f"{p.name}.pt" for p in honest])
+    states = [torch.load(workdir / f"{p.name}.pt") for p in honest]
+    loss = _held_out_loss(run_dir, states[0])
     reports = [json.loads(p.report_path.read_text()) for p in [*honest, hostile] if p and p.report_path.exists()]
     detected, evidence = _detection(scenario.attack, honest, hostile)
-    finite = all(torch.isfinite(torch.tensor(loss)) for loss in losses)
-    return Outcome(scenario=scenario, final_loss=statistics.fmean(losses) if finite else float("inf"),
-                   loss_spread=max(losses) - min(losses) if finite else float("inf"),
-                   samples=sum(r["samples"] for r in reports), detected=detected, evidence=evidence)
+    return Outcome(scenario=scenario, final_loss=loss if math.isfinite(loss) else float("inf"),
+                   divergence=_divergence(states), samples=sum(r["samples"] for r in reports),
+                   detected=detected, evidence=evidence)
 
 
 def _label(scenario: Scenario) -> str:
     return f"{scenario.attack or 'clean'}-{scenario.aggregator}"
 
 
-def _held_out_losses(run_dir: Path, exports: list[Path]) -> list[float]:
+@functools.lru_cache(maxsize=2)
+def _recipe(run_dir: Path, assets_sha256: str) -> Recipe:
     run = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
-    recipe = get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / ASSETS_FILE).read_bytes())
-    losses = []
-    for path in exports:
-        model = recipe.build_model()
-        model.load_state_dict(torch.load(path))
-        with torch.no_grad():
-            losses.append(float(recipe.evaluate_loss(model)))
-    return losses
+    return get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / ASSETS_FILE).read_bytes())
+
+
+def _held_out_loss(run_dir: Path, state: dict[str, torch.Tensor]) -> float:
+    run = json.loads((run_dir / RUN_FILE).read_text())
+    recipe = _recipe(run_dir, run["assets_sha256"])
+    model = recipe.build_model()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return float(recipe.evaluate_loss(model))
+
+
+def _divergence(states: list[dict[str, torch.Tensor]]) -> float:
+    return max((float((other[key].float() - tensor.float()).abs().max()) for other in states[1:]
+                for key, tensor in states[0].items()), default=0.0)
 
 
 def _detection(attack: Optional[str], honest: list[PeerProcess], hostile: Optional[PeerProcess]) -> tuple[bool, str]:
