@@ -3,7 +3,7 @@
 Each scenario is compared with a clean run of the same length (same global epochs, so the same
 number of samples folded into the model) in the same test: with defences on the final held-out loss
 stays within 5% of the clean run's and the offender is detected; with defences off (hivemind's plain
-mean, the control) the same attack does measurable damage. CI runs one attack; ``--runslow`` all.
+mean, the control) the same attack does measurable damage. CI runs one attack; ``--runslow`` the rest.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, epochs: i
     assert control.final_loss >= clean.final_loss * (1 + MIN_DAMAGE), summary  # the attack works without defences
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_scaled_gradients_from_a_group_member(local_swarm, tmp_path):
     check_attack(local_swarm, tmp_path, "scale", CI_EPOCHS)
 
@@ -49,3 +49,21 @@ def test_scaled_gradients_from_a_group_member(local_swarm, tmp_path):
 @pytest.mark.parametrize("attack", ["nan", "sign_flip"])
 def test_every_gradient_attack(local_swarm, tmp_path, attack):
     check_attack(local_swarm, tmp_path, attack, SLOW_EPOCHS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_inflated_sample_counts(local_swarm, tmp_path):
+    """Without the bound the swarm steps on a fraction of the target batch: same epochs, fewer samples."""
+    check_attack(local_swarm, tmp_path, "inflate", SLOW_EPOCHS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_forged_records_of_other_peers(local_swarm, tmp_path):
+    """Every forgery is refused (the unsigned control is tests/test_forged_records.py)."""
+    identity = Identity.temporary()
+    clean = _run(local_swarm, tmp_path, identity, None, "centered_clip", SLOW_EPOCHS)
+    forged = _run(local_swarm, tmp_path, identity, "forge", "centered_clip", SLOW_EPOCHS)
+    assert forged.detected, forged.to_dict()
+    assert forged.final_loss <= clean.final_loss * (1 + TOLERANCE), (clean.to_dict(), forged.to_dict())

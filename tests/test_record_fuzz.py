@@ -20,7 +20,7 @@ from crowdtrain.dht.records import IntegrityRecord, PeerRecord, RecordError, Run
 from crowdtrain.errors import RunConfigError
 from crowdtrain.swarm.tracker import bound_progress
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40) | st.binary(max_size=40)
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
     st.text(max_size=20) | st.binary(max_size=20), inner, max_size=6), max_leaves=25)

@@ -30,7 +30,7 @@ class BanList:
         """Count one round's rejection of ``peer``; True if this bans it."""
         self.strikes[peer] += 1
         if peer in self.banned or self.strikes[peer] < self.ban_after:
-            logger.warning(f"rejected a contribution of peer {peer[-6:]} ({reason}); strike {self.strikes[peer]}")
+            logger.warning(f"strike {self.strikes[peer]} against peer {peer[-6:]}: {reason}")
             return False
         self.banned.add(peer)
         logger.warning(f"banned peer {peer[-6:]} for this run after {self.strikes[peer]} rejected rounds ({reason})")

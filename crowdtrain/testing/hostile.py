@@ -68,8 +68,12 @@ class _CorruptingReducer(TensorPartReducer):
 
 def _corrupting_runner(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[AllReduceRunner]:
     class CorruptingRunner(AllReduceRunner):
+        """Corrupts gradient averaging only: parameter averaging stays honest (out of this module's scope)."""
+
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
+            if not str(kwargs.get("prefix")).endswith("_grad_averager"):
+                return
             reducer = self.tensor_part_reducer
             reducer.__class__ = type("Reducer", (_CorruptingReducer,), {"corrupt": staticmethod(corrupt)})
             if self.peer_id in self.sender_peer_ids:
@@ -91,7 +95,7 @@ class _CorruptingAverager(WireCompatibleAverager):
 
 def _install_corruption(name: str) -> None:
     corrupt = CORRUPTIONS[name]
-    hivemind_averager.AllReduceRunner = _corrupting_runner(corrupt)  # this process only
+    hivemind_averager.AllReduceRunner = _corrupting_runner(corrupt)  # this process only; gradients only
     averager = type("HostileAverager", (_CorruptingAverager,), {"corrupt": staticmethod(corrupt)})
     swarm_optimizer.gradient_averager_factory = lambda integrity, publish=None: averager
     logger.warning(f"hostile: sending and returning {name} gradients")
