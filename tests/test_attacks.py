@@ -3,7 +3,8 @@
 Each scenario is compared with a clean run of the same length (same global epochs, so the same
 number of samples folded into the model) in the same test: with defences on the final held-out loss
 stays within 5% of the clean run's and the offender is detected; with defences off (hivemind's plain
-mean, the control) the same attack does measurable damage. CI runs one attack; ``--runslow`` the rest.
+mean, the control) the same attack does measurable damage: a loss above the clean run's by more than
+20x the clean-to-clean difference, and above the defended run's. CI runs one attack; ``--runslow`` the rest.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from crowdtrain.testing.local_swarm import LocalSwarm
 
 CI_EPOCHS, SLOW_EPOCHS = 4, 6
 TOLERANCE = 0.05
-MIN_DAMAGE = 0.05
+NOISE = 0.02  # two clean runs of this scenario ended 0.001 apart in held-out loss (benchmarks/README.md): 20x margin
 
 
 def _run(local_swarm: LocalSwarm, tmp_path: Path, identity: Identity, attack, aggregator, epochs) -> Outcome:
@@ -36,7 +37,8 @@ def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, epochs: i
     assert clean.final_loss < float("inf") and clean.divergence < 1e-3, summary
     assert defended.final_loss <= clean.final_loss * (1 + TOLERANCE), summary
     assert defended.detected, summary
-    assert control.final_loss >= clean.final_loss * (1 + MIN_DAMAGE), summary  # the attack works without defences
+    assert control.final_loss > clean.final_loss + NOISE, summary  # the attack does damage without defences
+    assert defended.final_loss < control.final_loss, summary
 
 
 @pytest.mark.timeout(900)
