@@ -1,5 +1,8 @@
-"""The gradient averager of a run with robust aggregation: hivemind's GradientAverager running
-:class:`~crowdtrain.averaging.reducer.RobustAllReduceRunner`, with a ban list for the run.
+"""Averagers of a run with robust aggregation: hivemind's GradientAverager and TrainingStateAverager
+running :class:`~crowdtrain.averaging.reducer.RobustAllReduceRunner`, each with a ban list for the run.
+
+Parameter averaging is screened too: a peer whose own parameters went non-finite or wild (its own
+corrupted gradients, a broken GPU) would otherwise spread them to everyone through state averaging.
 
 Runs in the averager's background process (hivemind forks it when the averager starts): strikes,
 bans and the published record live there. A banned peer is refused when it asks this peer (as a
@@ -15,6 +18,7 @@ import torch
 from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 from hivemind.utils import get_dht_time
@@ -28,17 +32,24 @@ logger = logging.getLogger(__name__)
 Publish = Callable[[BanSnapshot], None]
 
 
-class WireCompatibleAverager(GradientAverager):
-    """hivemind names RPC handlers after the servicer's class: subclasses keep GradientAverager's
-    names, so that peers with different averager classes (robust or not) still form groups."""
+def wire_compatible(base: type) -> type:
+    """A subclass of hivemind averager ``base`` with ``base``'s RPC handler names (hivemind names them
+    after the servicer's class), so that peers with different averager classes still form groups."""
 
-    @classmethod
-    def _get_handle_name(cls, namespace: Optional[str], method_name: str) -> str:
-        return GradientAverager._get_handle_name(namespace, method_name)
+    class WireCompatible(base):
+        @classmethod
+        def _get_handle_name(cls, namespace: Optional[str], method_name: str) -> str:
+            return base._get_handle_name(namespace, method_name)
+
+    WireCompatible.__name__ = WireCompatible.__qualname__ = f"WireCompatible{base.__name__}"
+    return WireCompatible
 
 
-class RobustGradientAverager(WireCompatibleAverager):
-    """GradientAverager whose all-reduce screens, robustly aggregates, checks and bans.
+WireCompatibleAverager = wire_compatible(GradientAverager)
+
+
+class RobustAveraging:
+    """Mixin for a hivemind averager: its all-reduce screens, robustly aggregates, checks and bans.
 
     ``publish`` is called (in the averager's process) with the ban list after every round that
     struck a peer.
@@ -88,6 +99,14 @@ class RobustGradientAverager(WireCompatibleAverager):
             return
         async for response in super().rpc_join_group(request, context):
             yield response
+
+
+class RobustGradientAverager(RobustAveraging, WireCompatibleAverager):
+    pass
+
+
+class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager)):
+    pass
 
 
 def gradient_averager_factory(integrity: IntegrityConfig, publish: Optional[Publish] = None):

@@ -10,9 +10,9 @@ import hivemind
 import torch
 from hivemind.optim.progress_tracker import ProgressTracker
 
-from crowdtrain.averaging.averager import gradient_averager_factory
+from crowdtrain.averaging.averager import RobustTrainingStateAverager, gradient_averager_factory
 from crowdtrain.averaging.bans import BanSnapshot
-from crowdtrain.config import RunConfig
+from crowdtrain.config import IntegrityConfig, RunConfig
 from crowdtrain.dht.publish import publish_integrity
 from crowdtrain.dht.records import IntegrityRecord
 from crowdtrain.peers.identity import Identity
@@ -35,19 +35,30 @@ class SwarmOptimizer(hivemind.Optimizer):
     in one warning line.
     """
 
-    def __init__(self, *, max_peer_share: Optional[float] = None, **kwargs):
-        self._max_peer_share = max_peer_share
+    def __init__(self, *, integrity: Optional[IntegrityConfig] = None, **kwargs):
+        self._integrity = integrity if integrity is not None and integrity.robust else None
         super().__init__(**kwargs)
         self._failed_downloads = 0
         self._next_download = 0.0
 
     def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
         """With ``max_peer_share``, other peers' progress claims are bounded (:mod:`crowdtrain.swarm.tracker`)."""
-        if self._max_peer_share is None:
+        if self._integrity is None:
             return super()._make_progress_tracker(target_batch_size, **kwargs)
         return BoundedProgressTracker(
             dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size, client_mode=self.client_mode,
-            status_loglevel=self.status_loglevel, start=True, max_peer_share=self._max_peer_share, **kwargs)
+            status_loglevel=self.status_loglevel, start=True, max_peer_share=self._integrity.max_peer_share, **kwargs)
+
+    def _make_state_averager(self, **kwargs) -> hivemind.optim.state_averager.TrainingStateAverager:
+        """With robust aggregation, parameter averaging is screened and robust as well (hivemind's call)."""
+        if self._integrity is None:
+            return super()._make_state_averager(**kwargs)
+        return RobustTrainingStateAverager(
+            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, integrity=self._integrity, **kwargs)
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
@@ -84,9 +95,9 @@ def build_swarm_optimizer(
     rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
     (``delay_state_averaging``, hivemind's default) still overlaps with compute.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
-    With a robust ``run.integrity.aggregator`` gradients are averaged by
-    :class:`~crowdtrain.averaging.averager.RobustGradientAverager` and other peers' progress claims
-    are bounded; with ``mean`` both are hivemind's own (the control of the attack benchmarks).
+    With a robust ``run.integrity.aggregator`` gradients and parameters are averaged by
+    :mod:`crowdtrain.averaging`'s robust averagers and other peers' progress claims are bounded; with
+    ``mean`` all three are hivemind's own (the control of the attack benchmarks).
     """
     timeouts = run.timeouts
     me = str(identity.peer_id)
@@ -95,7 +106,6 @@ def build_swarm_optimizer(
         record = IntegrityRecord(reporter=me, strikes=snapshot.strikes, banned=snapshot.banned, time=time.time())
         publish_integrity(dht, identity, run.run_id, record)
 
-    robust = run.integrity.robust
     return SwarmOptimizer(
         dht=dht,
         run_id=run.run_id,
@@ -114,6 +124,6 @@ def build_swarm_optimizer(
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD},
         tracker_opts={"private_key": identity.private_key},
         grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
-        max_peer_share=run.integrity.max_peer_share if robust else None,
+        integrity=run.integrity,
         verbose=False,
     )
