@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable, Optional, Sequence
 
 import torch
 from hivemind.averaging.allreduce import AveragingMode
+from hivemind.averaging.averager import DecentralizedAverager
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
@@ -105,8 +106,19 @@ class RobustGradientAverager(RobustAveraging, WireCompatibleAverager):
     pass
 
 
-class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager)):
-    pass
+class FiniteStateDownload(DecentralizedAverager):
+    """Refuses a downloaded state with non-finite tensors (the donor may be the hostile peer)."""
+
+    def load_state_from_peers(self, *args, **kwargs):
+        loaded = super().load_state_from_peers(*args, **kwargs)
+        if loaded is not None and not all(bool(torch.isfinite(t).all()) for t in loaded[1]):
+            logger.warning("refused a downloaded state with non-finite values; keeping this peer's own")
+            return None
+        return loaded
+
+
+class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager), FiniteStateDownload):
+    """hivemind's TrainingStateAverager: robust parameter averaging, finite state downloads only."""
 
 
 def gradient_averager_factory(integrity: IntegrityConfig, publish: Optional[Publish] = None):
