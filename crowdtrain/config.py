@@ -50,6 +50,49 @@ class Timeouts:
                  "must be below matchmaking_time")
 
 
+AGGREGATORS = ("mean", "centered_clip", "trimmed_mean")
+
+
+@dataclass(kw_only=True)
+class IntegrityConfig:
+    """How peers screen and combine gradient contributions (:mod:`crowdtrain.averaging`), swarm-wide."""
+
+    aggregator: str = "centered_clip"
+    "mean (hivemind's weighted mean, no checks), centered_clip (BTARD) or trimmed_mean (coordinate-wise)."
+    clip_multiplier: float = 1.0
+    "CenteredClip radius tau = this x the median distance of the contributions to their coordinate-wise median."
+    clip_iterations: int = 5
+    "CenteredClip fixed-point iterations."
+    trim_fraction: float = 0.25
+    "trimmed_mean drops this fraction of the values at each end of every coordinate."
+    max_norm_ratio: float = 10.0
+    "A contribution (or a returned aggregate) whose norm exceeds this x the median norm (own norm) is rejected."
+    max_weight_ratio: float = 2.0
+    "A contribution's averaging weight (claimed samples) counts at most this x the median weight."
+    ban_after: int = 3
+    "Rejections of one peer's contributions or aggregates after which it is banned for the run."
+    max_peer_share: float = 0.5
+    "Samples another peer's progress record may count towards one global batch (fraction of target_batch_size)."
+
+    def __post_init__(self) -> None:
+        _require(self.aggregator in AGGREGATORS, "integrity.aggregator", f"must be one of {', '.join(AGGREGATORS)}")
+        for name, low in (("clip_multiplier", 0.0), ("max_norm_ratio", 1.0), ("max_weight_ratio", 1.0)):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= low and value > 0,
+                     f"integrity.{name}", f"must be a finite number >= {low:g} (and > 0), got {value!r}")
+        _require(isinstance(self.clip_iterations, int) and 1 <= self.clip_iterations <= 100,
+                 "integrity.clip_iterations", "must be an integer in 1..100")
+        _require(isinstance(self.trim_fraction, (int, float)) and 0.0 <= self.trim_fraction < 0.5,
+                 "integrity.trim_fraction", "must be in [0, 0.5)")
+        _require(isinstance(self.ban_after, int) and self.ban_after >= 1, "integrity.ban_after", "must be >= 1")
+        _require(isinstance(self.max_peer_share, (int, float)) and 0.0 < self.max_peer_share <= 1.0,
+                 "integrity.max_peer_share", "must be in (0, 1]")
+
+    @property
+    def robust(self) -> bool:
+        return self.aggregator != "mean"
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     """The signed, versioned description of one collaborative run; identical on every peer."""
@@ -73,10 +116,14 @@ class RunConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     created_at: float = 0.0
     version: int = RUN_CONFIG_VERSION
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    "Contribution checks, robust aggregator and bans; absent in older configurations (defaults apply)."
 
     def __post_init__(self) -> None:
         if isinstance(self.timeouts, Mapping):
             self.timeouts = Timeouts(**self.timeouts)
+        if isinstance(self.integrity, Mapping):
+            self.integrity = IntegrityConfig(**self.integrity)
         _require(self.version == RUN_CONFIG_VERSION, "version",
                  f"unsupported run configuration version {self.version} (this crowdtrain reads {RUN_CONFIG_VERSION})")
         _require(isinstance(self.run_id, str) and self.run_id.startswith("run-"), "run_id", "must start with 'run-'")
@@ -220,6 +267,7 @@ class CoordinatorConfig:
     target_batch_size: int = 256
     max_epochs: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     hparams: dict[str, Any] = field(default_factory=dict)
     "Overrides of the recipe's default hyper-parameters."
     dataset: Optional[dict[str, Any]] = None

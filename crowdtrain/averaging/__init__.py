@@ -1,7 +1,10 @@
-"""Averaging policy on top of hivemind's averagers (adaptive groups, compression, robust
-aggregation, low-communication mode). The vertical slice uses hivemind.Optimizer's defaults,
-configured in :mod:`crowdtrain.swarm.optimizer`.
+"""Averaging policy on top of hivemind's averagers (configured in :mod:`crowdtrain.swarm.optimizer`).
 
 - ``access.py``: private runs: averagers that refuse uninvited peers (matchmaking, all-reduce, state
   download) and the progress tracker whose records carry this peer's invite.
+- ``robust.py``: screening, CenteredClip, trimmed mean, the check of another reducer's aggregate.
+- ``reducer.py``: RobustTensorPartReducer / RobustAllReduceRunner (the all-reduce with those checks).
+- ``bans.py``: strikes and bans of one run.
+- ``averager.py``: RobustGradientAverager, RobustTrainingStateAverager and the factory the swarm
+  optimizer uses (:mod:`crowdtrain.swarm.optimizer`).
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
                                    network_from_args, setup_logging, timeouts_from_args)
 from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
-from crowdtrain.config import CoordinatorConfig, KeeperConfig
+from crowdtrain.config import AGGREGATORS, CoordinatorConfig, IntegrityConfig, KeeperConfig
 from crowdtrain.dht.node import preferred_address
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.coordinator import CoordinatorReady, run_coordinator
@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="override a recipe hyper-parameter, e.g. --hparam lr=0.002 (repeatable)")
     run.add_argument("--private", action="store_true",
                      help="only volunteers invited with 'crowdtrain invite' may publish records or average")
+    run.add_argument("--aggregator", choices=AGGREGATORS, default=IntegrityConfig.aggregator,
+                     help="how peers combine gradients: robust to faulty or hostile peers, or the plain mean")
     run.add_argument("--run-dir", type=Path, default=None,
                      help="where the run's configuration and assets are kept (default: user data dir)")
     keeper = parser.add_argument_group("state keeper and checkpoints")
@@ -75,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         return CoordinatorConfig(
             network=network_from_args(args, args.initial_peers, identity_path),
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
-            timeouts=timeouts_from_args(args), hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
+            timeouts=timeouts_from_args(args), integrity=IntegrityConfig(aggregator=args.aggregator),
+            hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
             log_interval=args.log_interval,
             dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None,
             private=args.private, keeper=KeeperConfig(

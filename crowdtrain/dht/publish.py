@@ -15,6 +15,7 @@ from crowdtrain.config import RunConfig
 from crowdtrain.dht.records import (
     ASSET_CHUNK_BYTES,
     PEER_RECORD_TTL,
+    IntegrityRecord,
     RUN_RECORD_TTL,
     RUNS_KEY,
     PeerRecord,
@@ -22,6 +23,7 @@ from crowdtrain.dht.records import (
     RunAnnouncement,
     asset_key,
     config_key,
+    integrity_key,
     peers_key,
     subkey_values,
 )
@@ -176,3 +178,26 @@ def read_peers(dht: hivemind.DHT, run_id: str) -> PeerRecords:
             rejected += 1
             logger.debug(f"rejected peer record: {e}")
     return PeerRecords(records=sorted(records, key=lambda r: r.peer_id), rejected=rejected)
+
+
+def publish_integrity(dht: hivemind.DHT, identity: Identity, run_id: str, record: IntegrityRecord) -> None:
+    """Publish whom this peer rejected and banned (kept as long as the run's records)."""
+    dht.store(integrity_key(run_id), record.to_value(), get_dht_time() + RUN_RECORD_TTL,
+              subkey=owner_marker(identity), return_future=True)
+
+
+@dataclass(frozen=True)
+class IntegrityRecords:
+    records: list[IntegrityRecord]
+    rejected: int
+
+
+def read_integrity(dht: hivemind.DHT, run_id: str) -> IntegrityRecords:
+    records, rejected = [], 0
+    for value in subkey_values(dht.get(integrity_key(run_id), latest=True)).values():
+        try:
+            records.append(IntegrityRecord.from_value(value))
+        except RecordError as e:
+            rejected += 1
+            logger.debug(f"rejected integrity record: {e}")
+    return IntegrityRecords(records=sorted(records, key=lambda r: r.reporter), rejected=rejected)

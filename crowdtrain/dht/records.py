@@ -10,16 +10,18 @@ volunteer under its own subkey, so they outlive the coordinator; readers trust c
 - ``R_config``: subkey publisher -> run configuration signed by the run's key (:mod:`crowdtrain.dht.signing`).
 - ``R_assets<i>``: subkey publisher -> compressed chunk ``i`` of the recipe assets (digest listed in the config).
 - ``R_peers``: subkey peer -> :class:`PeerRecord` (progress of one peer).
+- ``R_integrity``: subkey peer -> :class:`IntegrityRecord` (whom that peer rejected and banned).
+hivemind's own ``R_progress`` records are bounded by :mod:`crowdtrain.swarm.tracker`.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
-from pydantic.v1 import BaseModel, StrictBool, StrictBytes, StrictFloat, confloat, conint, constr
+from pydantic.v1 import BaseModel, StrictBool, StrictBytes, StrictFloat, confloat, conint, conlist, constr
 
 DIRECTORY_PREFIX = "crowdtrain"
 RUNS_KEY = f"{DIRECTORY_PREFIX}_runs"
@@ -32,6 +34,7 @@ MAX_ROUND_SECONDS = 86400.0
 # only writes below PIPE_BUF (4096 bytes, pickling overhead included) are atomic there.
 ASSET_CHUNK_BYTES = 3 * 1024
 
+MAX_OFFENDERS = 16
 RUN_RECORD_TTL = 300.0
 PEER_RECORD_TTL = 20.0
 
@@ -50,6 +53,10 @@ def asset_key(run_id: str, index: int) -> str:
 
 def peers_key(run_id: str) -> str:
     return f"{run_id}_peers"
+
+
+def integrity_key(run_id: str) -> str:
+    return f"{run_id}_integrity"
 
 
 class _RunAnnouncementSchema(BaseModel):
@@ -93,9 +100,20 @@ class _PeerSchema(BaseModel):
         return super().dict(**{**kwargs, "exclude_unset": True})
 
 
+_PeerIdStr = constr(strict=True, max_length=128)
+
+
+class _IntegritySchema(BaseModel):
+    reporter: _PeerIdStr
+    strikes: Dict[_PeerIdStr, conint(strict=True, ge=0, le=MAX_SAMPLES)]
+    banned: conlist(_PeerIdStr, max_items=MAX_OFFENDERS)
+    time: StrictFloat
+
+
 class _RunSchema(BaseModel):
     config: Dict[BytesWithPublicKey, _SignedDocumentSchema]
     peers: Dict[BytesWithPublicKey, _PeerSchema]
+    integrity: Dict[BytesWithPublicKey, _IntegritySchema]
 
 
 def directory_validator() -> SchemaValidator:
@@ -179,6 +197,35 @@ class PeerRecord:
             number = getattr(record, key)
             if number is not None and not math.isfinite(number):
                 raise RecordError(f"peer record of {record.peer_id} has a non-finite {key}")
+        return record
+
+
+@dataclass(frozen=True)
+class IntegrityRecord:
+    """Whose contributions one peer rejected (strikes: rounds with a rejection) and whom it banned."""
+
+    reporter: str
+    strikes: dict[str, int]
+    banned: list[str]
+    time: float
+
+    def to_value(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["time"] = float(self.time)
+        return value
+
+    @classmethod
+    def from_value(cls, value: Any, now: Optional[float] = None) -> "IntegrityRecord":
+        try:
+            parsed = _IntegritySchema.parse_obj(value)
+        except Exception as e:
+            raise RecordError(f"malformed integrity record: {e}") from None
+        record = cls(**parsed.dict())
+        now = time.time() if now is None else now
+        if len(record.strikes) > MAX_OFFENDERS:
+            raise RecordError(f"integrity record of {record.reporter} lists more than {MAX_OFFENDERS} peers")
+        if not math.isfinite(record.time) or record.time > now + MAX_CLOCK_SKEW:
+            raise RecordError(f"integrity record of {record.reporter} is timestamped in the future")
         return record
 
 

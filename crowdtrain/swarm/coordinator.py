@@ -92,7 +92,8 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
         run_id=run_id, recipe=config.recipe, hparams=hparams, dataset=dataset,
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
         assets_chunks=[], target_batch_size=config.target_batch_size,
-        max_epochs=config.max_epochs, private=config.private, timeouts=config.timeouts, created_at=time.time(),
+        max_epochs=config.max_epochs, private=config.private, timeouts=config.timeouts, integrity=config.integrity,
+        created_at=time.time(),
     )
     return run, assets
 
@@ -113,7 +114,8 @@ def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfi
             raise UsageError(f"this identity already coordinates run {run_id} with recipe {run.recipe}; "
                              f"use another --identity to start a {config.recipe} run")
         run = dataclasses.replace(run, target_batch_size=config.target_batch_size, max_epochs=config.max_epochs,
-                                  private=config.private, timeouts=config.timeouts, created_at=time.time())
+                                  private=config.private, timeouts=config.timeouts, integrity=config.integrity,
+                                  created_at=time.time())
     else:
         run, assets = _new_run(config, run_id)
     chunks = pack_assets(assets)

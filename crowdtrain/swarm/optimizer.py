@@ -1,6 +1,7 @@
 """The hivemind.Optimizer that turns local steps into global, averaged steps, with our fixes."""
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -13,8 +14,13 @@ from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 
 from crowdtrain.averaging.access import InvitedProgressTracker, RunAccess, gated_averager_factories
-from crowdtrain.config import RunConfig
+from crowdtrain.averaging.averager import RobustTrainingStateAverager, gradient_averager_factory
+from crowdtrain.averaging.bans import BanSnapshot
+from crowdtrain.config import IntegrityConfig, RunConfig
+from crowdtrain.dht.publish import publish_integrity
+from crowdtrain.dht.records import IntegrityRecord
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.tracker import BoundedProgressTracker
 from crowdtrain.trainers.base import Recipe
 
 
@@ -59,11 +65,15 @@ class SwarmOptimizer(hivemind.Optimizer):
     this peer's invite (:mod:`crowdtrain.averaging.access`).
     """
 
-    def __init__(self, *, access: Optional[RunAccess] = None, **kwargs):
+    def __init__(self, *, access: Optional[RunAccess] = None, integrity: Optional[IntegrityConfig] = None, **kwargs):
         self._access, self._state_averager_factory = access, TrainingStateAverager
+        # a private run's averagers admit invited peers only; they average with hivemind's mean
+        self._integrity = integrity if integrity is not None and integrity.robust and access is None else None
         if access is not None:
             kwargs["grad_averager_factory"], self._state_averager_factory = gated_averager_factories(
                 kwargs["dht"], access)
+        elif self._integrity is not None:
+            self._state_averager_factory = functools.partial(RobustTrainingStateAverager, integrity=self._integrity)
         super().__init__(**kwargs)
         self._failed_downloads = 0
         self._next_download = 0.0
@@ -85,7 +95,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._round = (averaged, time.perf_counter() - started)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
-        if self._access is None:
+        """Invite-only (private run) or robust (screened parameter averaging) versions of hivemind's."""
+        if self._access is None and self._integrity is None:
             return super()._make_state_averager(**kwargs)
         return self._state_averager_factory(  # the arguments of hivemind 1.1.12's _make_state_averager
             dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
@@ -95,11 +106,18 @@ class SwarmOptimizer(hivemind.Optimizer):
             client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs)
 
     def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
-        if self._access is None or self._access.invite is None:
-            return super()._make_progress_tracker(target_batch_size, **kwargs)
-        return InvitedProgressTracker(
-            invite=self._access.invite, dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
-            client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True, **kwargs)
+        """A private run's records carry this peer's invite; with robust aggregation, other peers'
+        progress claims are bounded (:mod:`crowdtrain.swarm.tracker`)."""
+        if self._access is not None and self._access.invite is not None:
+            return InvitedProgressTracker(
+                invite=self._access.invite, dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True, **kwargs)
+        if self._integrity is not None:
+            return BoundedProgressTracker(
+                dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size, client_mode=self.client_mode,
+                status_loglevel=self.status_loglevel, start=True, max_peer_share=self._integrity.max_peer_share,
+                **kwargs)
+        return super()._make_progress_tracker(target_batch_size, **kwargs)
 
     def _should_load_state_from_peers(self) -> bool:
         return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
@@ -137,8 +155,17 @@ def build_swarm_optimizer(
     rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
     (``delay_state_averaging``, hivemind's default) still overlaps with compute.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
+    With a robust ``run.integrity.aggregator`` gradients and parameters are averaged by
+    :mod:`crowdtrain.averaging`'s robust averagers and other peers' progress claims are bounded; with
+    ``mean`` all three are hivemind's own (the control of the attack benchmarks).
     """
     timeouts = run.timeouts
+    me = str(identity.peer_id)
+
+    def publish_bans(snapshot: BanSnapshot) -> None:
+        record = IntegrityRecord(reporter=me, strikes=snapshot.strikes, banned=snapshot.banned, time=time.time())
+        publish_integrity(dht, identity, run.run_id, record)
+
     return SwarmOptimizer(
         access=access,
         dht=dht,
@@ -157,5 +184,7 @@ def build_swarm_optimizer(
         client_mode=client_mode,
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD},
         tracker_opts={"private_key": identity.private_key},
+        grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
+        integrity=run.integrity,
         verbose=False,
     )

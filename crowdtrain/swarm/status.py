@@ -9,8 +9,8 @@ from typing import Any, Optional
 import hivemind
 
 from crowdtrain.config import RunConfig
-from crowdtrain.dht.publish import PeerRecords, read_peers
-from crowdtrain.dht.records import PeerRecord
+from crowdtrain.dht.publish import IntegrityRecords, PeerRecords, read_integrity, read_peers
+from crowdtrain.dht.records import IntegrityRecord, PeerRecord
 
 
 def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
@@ -36,18 +36,33 @@ def _mean_loss(records: list[PeerRecord]) -> Optional[float]:
     return sum(loss * w for loss, w in weighted) / sum(w for _, w in weighted)
 
 
+def _offenders(records: list[IntegrityRecord]) -> list[dict[str, Any]]:
+    """Peers others rejected: rounds with a rejection (summed over reporters) and how many banned them."""
+    strikes: dict[str, int] = {}
+    banned_by: dict[str, int] = {}
+    for record in records:
+        for peer, count in record.strikes.items():
+            strikes[peer] = strikes.get(peer, 0) + count
+        for peer in record.banned:
+            banned_by[peer] = banned_by.get(peer, 0) + 1
+    return [{"peer_id": peer, "strikes": strikes[peer], "banned_by": banned_by.get(peer, 0)}
+            for peer in sorted(strikes, key=lambda p: -strikes[p])]
+
+
 def swarm_status(dht: hivemind.DHT, run: RunConfig, now: Optional[float] = None) -> dict[str, Any]:
     """``samples`` counts samples folded into the model: completed global epochs x target batch."""
-    return status_document(run, read_peers(dht, run.run_id), now)
+    return status_document(run, read_peers(dht, run.run_id), now, read_integrity(dht, run.run_id))
 
 
-def status_document(run: RunConfig, peers: PeerRecords, now: Optional[float] = None) -> dict[str, Any]:
-    """The status document of ``run`` from peer records already read (see :func:`swarm_status`).
+def status_document(run: RunConfig, peers: PeerRecords, now: Optional[float] = None,
+                    integrity: Optional[IntegrityRecords] = None) -> dict[str, Any]:
+    """The status document of ``run`` from records already read (see :func:`swarm_status`).
 
     ``peers`` lists the training peers; ``keepers`` the coordinator's state keepers (role ``aux``), which
     count only towards the global epoch (they hold it while no volunteer is there).
     """
     now = time.time() if now is None else now
+    integrity = integrity or IntegrityRecords(records=[], rejected=0)
     global_epoch = max((r.epoch for r in peers.records), default=0)
     training = [r for r in peers.records if r.role != "aux"]
     return {
@@ -61,7 +76,8 @@ def status_document(run: RunConfig, peers: PeerRecords, now: Optional[float] = N
         "loss": _mean_loss(training),
         "peers": [_peer_entry(r, now) for r in training],
         "keepers": [_peer_entry(r, now) for r in peers.records if r.role == "aux"],
-        "rejected_records": peers.rejected,
+        "rejected_records": peers.rejected + integrity.rejected,
+        "offenders": _offenders(integrity.records),
         "time": now,
     }
 
@@ -82,6 +98,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("(no peers online)")
     for k in status["keepers"]:
         lines.append(f"state keeper {k['peer_id'][-12:]} holds epoch {k['epoch']} (seen {k['last_seen_s']:.0f}s ago)")
+    for o in status.get("offenders", []):
+        lines.append(f"rejected peer {o['peer_id'][-12:]}: {o['strikes']} rounds, banned by {o['banned_by']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,129 @@
+"""Averagers of a run with robust aggregation: hivemind's GradientAverager and TrainingStateAverager
+running :class:`~crowdtrain.averaging.reducer.RobustAllReduceRunner`, each with a ban list for the run.
+
+Parameter averaging is screened too: a peer whose own parameters went non-finite or wild (its own
+corrupted gradients, a broken GPU) would otherwise spread them to everyone through state averaging.
+
+Runs in the averager's background process (hivemind forks it when the averager starts): strikes,
+bans and the published record live there. A banned peer is refused when it asks this peer (as a
+group leader) to join, and takes no part in any group this peer is in.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import AsyncIterator, Callable, Optional, Sequence
+
+import torch
+from hivemind.averaging.allreduce import AveragingMode
+from hivemind.averaging.averager import DecentralizedAverager
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
+from hivemind.p2p import P2PContext
+from hivemind.proto import averaging_pb2
+from hivemind.utils import get_dht_time
+from hivemind.utils.asyncio import as_aiter, azip
+
+from crowdtrain.averaging.bans import BanList, BanSnapshot
+from crowdtrain.averaging.reducer import RobustAllReduceRunner
+from crowdtrain.config import IntegrityConfig
+
+logger = logging.getLogger(__name__)
+Publish = Callable[[BanSnapshot], None]
+
+
+def wire_compatible(base: type) -> type:
+    """A subclass of hivemind averager ``base`` with ``base``'s RPC handler names (hivemind names them
+    after the servicer's class), so that peers with different averager classes still form groups."""
+
+    class WireCompatible(base):
+        @classmethod
+        def _get_handle_name(cls, namespace: Optional[str], method_name: str) -> str:
+            return base._get_handle_name(namespace, method_name)
+
+    WireCompatible.__name__ = WireCompatible.__qualname__ = f"WireCompatible{base.__name__}"
+    return WireCompatible
+
+
+WireCompatibleAverager = wire_compatible(GradientAverager)
+
+
+class RobustAveraging:
+    """Mixin for a hivemind averager: its all-reduce screens, robustly aggregates, checks and bans.
+
+    ``publish`` is called (in the averager's process) with the ban list after every round that
+    struck a peer.
+    """
+
+    runner_type = RobustAllReduceRunner
+
+    def __init__(self, *args, integrity: IntegrityConfig, publish: Optional[Publish] = None, **kwargs):
+        self.integrity, self.publish = integrity, publish
+        self.bans = BanList(integrity.ban_after)
+        super().__init__(*args, **kwargs)
+
+    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
+                                      group_id: Optional[bytes] = None, **kwargs) -> None:
+        """hivemind's, with our runner; the round's offences become strikes when it ends."""
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = self.runner_type(
+            p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids, integrity=self.integrity, banned=self.bans.banned, **kwargs)
+        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
+        self._running_groups[group_id].set_result(runner)
+        try:
+            if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
+                async for tensor, update in azip(as_aiter(*tensors), runner):
+                    tensor.add_(update, alpha=self._averaging_alpha)
+                    self.last_updated = get_dht_time()
+                    self._state_updated.set()
+            else:
+                async for _ in runner:
+                    raise ValueError("aux peers should not receive averaged tensors")
+        finally:
+            self._strike(runner.offences)
+
+    def _strike(self, offences: dict) -> None:
+        for peer, reasons in offences.items():
+            self.bans.strike(str(peer), f"{reasons[0]}; {len(reasons)} rejections this round")
+        if offences and self.publish is not None:
+            try:
+                self.publish(self.bans.snapshot())
+            except Exception as e:  # publishing is best effort; averaging goes on
+                logger.warning(f"could not publish the ban list: {e!r}")
+
+    async def rpc_join_group(self, request: averaging_pb2.JoinRequest,
+                             context: P2PContext) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        if self.bans.is_banned(str(context.remote_id)):
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for response in super().rpc_join_group(request, context):
+            yield response
+
+
+class RobustGradientAverager(RobustAveraging, WireCompatibleAverager):
+    pass
+
+
+class FiniteStateDownload(DecentralizedAverager):
+    """Refuses a downloaded state with non-finite tensors (the donor may be the hostile peer)."""
+
+    def load_state_from_peers(self, *args, **kwargs):
+        loaded = super().load_state_from_peers(*args, **kwargs)
+        if loaded is not None and not all(bool(torch.isfinite(t).all()) for t in loaded[1]):
+            logger.warning("refused a downloaded state with non-finite values; keeping this peer's own")
+            return None
+        return loaded
+
+
+class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager), FiniteStateDownload):
+    """hivemind's TrainingStateAverager: robust parameter averaging, finite state downloads only."""
+
+
+def gradient_averager_factory(integrity: IntegrityConfig, publish: Optional[Publish] = None):
+    """What ``hivemind.Optimizer(grad_averager_factory=...)`` builds: hivemind's own averager for the
+    plain mean (no checks: the control), :class:`RobustGradientAverager` otherwise."""
+    if not integrity.robust:
+        return GradientAverager
+    return functools.partial(RobustGradientAverager, integrity=integrity, publish=publish)

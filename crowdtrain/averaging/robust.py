@@ -1,0 +1,109 @@
+"""Robust aggregation of one all-reduce part: screening, CenteredClip, trimmed mean, output check.
+
+Pure tensor functions on the parts one reducer receives (``stack``: one flat row per contribution).
+Every bound is relative to the contributions of the same part (a median), never to a fixed scale and
+never to a particular attack: a contribution is *rejected* when it is non-finite or its norm exceeds
+``max_norm_ratio`` x the median norm; the accepted ones are combined by the run's aggregator, whose
+weights (claimed samples) count at most ``max_weight_ratio`` x the median weight.
+
+- CenteredClip (Karimireddy et al. 2021, the aggregator of BTARD, Gorbunov et al. 2021): starting
+  from the coordinate-wise median ``v``, iterate ``v += sum_i w_i clip_tau(x_i - v) / sum_i w_i``;
+  any one contribution moves ``v`` by at most ``tau * w_i / sum w`` per iteration. ``tau`` is
+  ``clip_multiplier`` x the median distance of the contributions to the starting point.
+- Trimmed mean: per coordinate, drop the ``trim_fraction`` lowest and highest values, average the
+  rest (unweighted: one peer is one vote).
+
+:func:`check_aggregate` is what a peer applies to the aggregate *another* peer reduced for it: the
+reducer may be the hostile one. The honest aggregate of ``n`` contributions including ours is finite,
+at most ``max_norm_ratio`` x our norm (for honest peers of similar batch sizes), and positively
+aligned with our contribution (in high dimension our own term dominates the cross terms of
+independent gradient noise). What passes this check is still chosen by the reducer: it bounds, but
+cannot remove, a hostile reducer's influence on its own share of the coordinates (BTARD adds
+verification by recomputation for that).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from crowdtrain.config import IntegrityConfig
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    return values.median() if values.numel() else values.new_zeros(())
+
+
+def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: IntegrityConfig) -> dict[int, str]:
+    """Reasons to reject, by index: non-finite values or weight, or a norm beyond the bound.
+
+    Zero-weight entries are neither rejected nor part of the median."""
+    rejected: dict[int, str] = {}
+    norms = torch.full((len(parts),), float("nan"))
+    for index, (part, weight) in enumerate(zip(parts, weights)):
+        if not (weight == weight and 0.0 <= weight < float("inf")):
+            rejected[index] = f"weight {weight!r} is not a finite non-negative number"
+        elif weight == 0:
+            continue  # tags along without a contribution (hivemind sends zeros with weight 0)
+        elif not bool(torch.isfinite(part).all()):
+            rejected[index] = "non-finite values"
+        else:
+            norms[index] = part.norm()
+    median = _median(norms[~norms.isnan()])
+    for index in range(len(parts)):
+        if index not in rejected and norms[index] > config.max_norm_ratio * median:
+            rejected[index] = f"norm {float(norms[index]):.3g} is over {config.max_norm_ratio:g} x the median {float(median):.3g}"
+    return rejected
+
+
+def bounded_weights(weights: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """Claimed weights, each capped at ``max_ratio`` x the median weight."""
+    return weights.clamp(max=float(max_ratio * _median(weights)))
+
+
+def weighted_mean(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (weights / weights.sum()) @ stack
+
+
+def centered_clip(stack: torch.Tensor, weights: torch.Tensor, multiplier: float, iterations: int) -> torch.Tensor:
+    """CenteredClip from the coordinate-wise median, radius ``multiplier`` x the median distance to it."""
+    center = stack.median(dim=0).values
+    tau = multiplier * _median((stack - center).norm(dim=1))
+    share = weights / weights.sum()
+    for _ in range(iterations):
+        diff = stack - center
+        distance = diff.norm(dim=1)
+        scale = torch.where(distance > tau, tau / distance.clamp_min(1e-30), torch.ones_like(distance))
+        center = center + (share * scale) @ diff
+    return center
+
+
+def trimmed_mean(stack: torch.Tensor, trim_fraction: float) -> torch.Tensor:
+    """Coordinate-wise mean of the values left after dropping ``trim_fraction`` at each end (at least one kept)."""
+    n = stack.shape[0]
+    k = min(int(trim_fraction * n), (n - 1) // 2)
+    return stack.sort(dim=0).values[k : n - k].mean(dim=0)
+
+
+def aggregate(stack: torch.Tensor, weights: torch.Tensor, config: IntegrityConfig) -> torch.Tensor:
+    """The run's aggregator over screened contributions (rows of ``stack``, positive ``weights``)."""
+    if config.aggregator == "trimmed_mean":
+        return trimmed_mean(stack, config.trim_fraction)
+    weights = bounded_weights(weights, config.max_weight_ratio)
+    if config.aggregator == "centered_clip":
+        return centered_clip(stack, weights, config.clip_multiplier, config.clip_iterations)
+    return weighted_mean(stack, weights)
+
+
+def check_aggregate(own: torch.Tensor, result: torch.Tensor, config: IntegrityConfig) -> Optional[str]:
+    """Why the aggregate ``result`` that another peer returned for our part ``own`` is unusable, or None."""
+    if result.shape != own.shape:
+        return f"shape {tuple(result.shape)} instead of {tuple(own.shape)}"
+    if not bool(torch.isfinite(result).all()):
+        return "non-finite values"
+    own_norm, norm = float(own.norm()), float(result.norm())
+    if norm > config.max_norm_ratio * own_norm:
+        return f"norm {norm:.3g} is over {config.max_norm_ratio:g} x this peer's own {own_norm:.3g}"
+    if float(own.flatten() @ result.flatten()) < 0:
+        return "points away from this peer's own contribution"
+    return None

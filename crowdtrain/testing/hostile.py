@@ -1,0 +1,175 @@
+"""A hostile volunteer for tests and benchmarks: a full peer of the run that attacks it.
+
+Not part of the user-facing CLI: the testing launcher starts it as
+``python -m crowdtrain.testing.hostile ATTACK join ADDRESS ...`` (``LocalSwarm.start_volunteer(...,
+launcher=hostile_launcher(ATTACK))``); the rest of the command line is ``crowdtrain join``'s. The peer
+trains, forms groups and reduces its share of the all-reduce like any volunteer (with hivemind's own
+averager, whatever the run's aggregator), and:
+
+- ``nan``, ``scale``, ``sign_flip``: replaces the gradients it sends by NaN, x1000 or their negation,
+  and, as a reducer, returns the same corruption of the aggregate to every other sender;
+- ``inflate``: claims 100x the samples (and throughput) it accumulated in hivemind's progress records;
+- ``forge``: every few seconds writes progress and peer records under the other peers' subkeys
+  (absurd samples, its own signature), and logs how many of those stores the swarm accepted.
+
+Each line it logs about its attack starts with ``hostile:``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+import hivemind
+import torch
+from hivemind.averaging import averager as hivemind_averager
+from hivemind.averaging.allreduce import AllReduceRunner
+from hivemind.averaging.partition import TensorPartReducer
+from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
+
+from crowdtrain.averaging.averager import WireCompatibleAverager
+from crowdtrain.dht.publish import owner_marker
+from crowdtrain.dht.records import PEER_RECORD_TTL, peers_key, subkey_values
+from crowdtrain.swarm import optimizer as swarm_optimizer
+from crowdtrain.swarm import volunteer as swarm_volunteer
+
+logger = logging.getLogger("crowdtrain.hostile")
+SCALE, INFLATE, FORGE_INTERVAL = 1000.0, 100, 3.0
+CORRUPTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "nan": lambda t: torch.full_like(t, float("nan")),
+    "scale": lambda t: t * SCALE,
+    "sign_flip": lambda t: -t,
+}
+ATTACKS = (*CORRUPTIONS, "inflate", "forge")
+
+
+def hostile_launcher(attack: str) -> list[str]:
+    """The ``launcher`` argument of :meth:`LocalSwarm.start_volunteer` for a hostile volunteer."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; one of {', '.join(ATTACKS)}")
+    return [sys.executable, "-m", "crowdtrain.testing.hostile", attack]
+
+
+class _CorruptingReducer(TensorPartReducer):
+    """Returns the corrupted aggregate to every sender but this peer."""
+
+    corrupt: Callable[[torch.Tensor], torch.Tensor]
+    own_sender: int = -1
+
+    async def accumulate_part(self, sender_index: int, part_index: int, tensor_part: torch.Tensor,
+                              weight: float = 1.0) -> torch.Tensor:
+        result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
+        return result if sender_index == self.own_sender else self.corrupt(result)
+
+
+def _corrupting_runner(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[AllReduceRunner]:
+    class CorruptingRunner(AllReduceRunner):
+        """Corrupts gradient averaging only: parameter averaging stays honest (out of this module's scope)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            if not str(kwargs.get("prefix")).endswith("_grad_averager"):
+                return
+            reducer = self.tensor_part_reducer
+            reducer.__class__ = type("Reducer", (_CorruptingReducer,), {"corrupt": staticmethod(corrupt)})
+            if self.peer_id in self.sender_peer_ids:
+                reducer.own_sender = self.sender_peer_ids.index(self.peer_id)
+
+    return CorruptingRunner
+
+
+class _CorruptingAverager(WireCompatibleAverager):
+    corrupt: Callable[[torch.Tensor], torch.Tensor]
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self) -> None:
+        super().load_accumulators_into_averager_()
+        with self.get_tensors() as averaged_grads:
+            for grad in averaged_grads:
+                grad.copy_(self.corrupt(grad))
+
+
+def _install_corruption(name: str) -> None:
+    corrupt = CORRUPTIONS[name]
+    hivemind_averager.AllReduceRunner = _corrupting_runner(corrupt)  # this process only; gradients only
+    averager = type("HostileAverager", (_CorruptingAverager,), {"corrupt": staticmethod(corrupt)})
+    swarm_optimizer.gradient_averager_factory = lambda integrity, publish=None: averager
+    logger.warning(f"hostile: sending and returning {name} gradients")
+
+
+def _install_inflation() -> None:
+    original = ProgressTracker._get_local_progress
+
+    def inflated(self, local_epoch: int, samples_accumulated: int):
+        progress = original(self, local_epoch, samples_accumulated * INFLATE)
+        return progress.copy(update={"samples_per_second": progress.samples_per_second * INFLATE})
+
+    ProgressTracker._get_local_progress = inflated
+    logger.warning(f"hostile: claiming {INFLATE}x the samples accumulated")
+
+
+def _forge_forever(dht: hivemind.DHT, me: bytes, run_id: str) -> None:
+    accepted = refused = 0
+    while True:
+        time.sleep(FORGE_INTERVAL)
+        for key in (peers_key(run_id), f"{run_id}_progress"):
+            for subkey, current in subkey_values(dht.get(key, latest=True)).items():
+                if subkey == me or not isinstance(current, dict):
+                    continue
+                forged = _forged(current)
+                if dht.store(key, forged, get_dht_time() + PEER_RECORD_TTL, subkey=subkey):
+                    accepted += 1
+                else:
+                    refused += 1
+        logger.warning(f"hostile: forged stores accepted {accepted}, refused {refused}")
+
+
+def _forged(current: dict) -> dict:
+    forged = dict(current)
+    for field in ("samples", "samples_accumulated"):
+        if field in forged:
+            forged[field] = 10**12
+    return forged
+
+
+def _install_forgery() -> None:
+    build = swarm_volunteer.build_swarm_optimizer
+
+    @functools.wraps(build)
+    def build_and_forge(*, dht, identity, run, **kwargs):
+        threading.Thread(target=_forge_forever, args=(dht, owner_marker(identity), run.run_id),
+                         daemon=True, name="hostile-forge").start()
+        return build(dht=dht, identity=identity, run=run, **kwargs)
+
+    swarm_volunteer.build_swarm_optimizer = build_and_forge
+    logger.warning("hostile: forging other peers' records")
+
+
+def install(attack: str) -> None:
+    if attack in CORRUPTIONS:
+        _install_corruption(attack)
+    elif attack == "inflate":
+        _install_inflation()
+    elif attack == "forge":
+        _install_forgery()
+    else:
+        raise ValueError(f"unknown attack {attack!r}; one of {', '.join(ATTACKS)}")
+
+
+def main(argv: Sequence[str]) -> int:
+    from crowdtrain.cli.app import main as crowdtrain_main
+
+    if not argv or argv[0] not in ATTACKS:
+        print(f"usage: python -m crowdtrain.testing.hostile {{{','.join(ATTACKS)}}} join ADDRESS ...", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO)
+    install(argv[0])
+    return crowdtrain_main(list(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

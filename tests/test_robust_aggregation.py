@@ -1,0 +1,215 @@
+"""Aggregators, screening and output checks on gradients recorded from a real albert-tiny run, and one
+real (in-process, loopback) butterfly all-reduce with a hostile group member.
+
+``fixtures/albert_gradients.pt`` (``fixtures/record_gradients.py``): 4 peers' gradients at the first
+step and after 20 steps, an embedding slice and an encoder slice each.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hivemind.averaging.allreduce import AllReduceRunner
+from hivemind.averaging.partition import TensorPartReducer
+from hivemind.p2p import P2P
+
+from crowdtrain.averaging.bans import BanList
+from crowdtrain.averaging.reducer import RobustAllReduceRunner, RobustTensorPartReducer
+from crowdtrain.averaging.robust import aggregate, bounded_weights, check_aggregate, screen
+from crowdtrain.config import IntegrityConfig
+from crowdtrain.testing.hostile import CORRUPTIONS
+
+FIXTURE = Path(__file__).parent / "fixtures" / "albert_gradients.pt"
+AGGREGATORS = ("centered_clip", "trimmed_mean")
+
+
+@pytest.fixture(scope="module")
+def gradients() -> dict[str, torch.Tensor]:
+    return {name: g.float() for name, g in torch.load(FIXTURE).items()}
+
+
+def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((result - reference).norm() / reference.norm())
+
+
+def reduce(stack: torch.Tensor, weights: list[float], config: IntegrityConfig | None) -> tuple[torch.Tensor, dict]:
+    """One part through RobustTensorPartReducer (hivemind's TensorPartReducer if ``config`` is None: the
+    control), every sender at once; returns (result, rejections)."""
+    rejected: dict[int, str] = {}
+
+    async def run() -> torch.Tensor:
+        reducer = TensorPartReducer((stack[0].shape,), len(stack)) if config is None else RobustTensorPartReducer(
+            (stack[0].shape,), len(stack), config=config,
+            on_rejected=lambda sender, reason: rejected.setdefault(sender, reason))
+        results = await asyncio.gather(*(reducer.accumulate_part(i, 0, stack[i], weight=weights[i])
+                                         for i in range(len(stack))))
+        assert all(r is results[0] for r in results)
+        return results[0]
+
+    return asyncio.run(run()), rejected
+
+
+def test_honest_gradients_pass_every_check(gradients):
+    for name, g in gradients.items():
+        for aggregator in ("mean", *AGGREGATORS):
+            config = IntegrityConfig(aggregator=aggregator)
+            assert screen(list(g), [8.0] * 4, config) == {}, name
+            result = aggregate(g, torch.full((4,), 8.0), config)
+            assert [check_aggregate(g[i], result, config) for i in range(4)] == [None] * 4, (name, aggregator)
+
+
+def test_centered_clip_stays_close_to_the_mean_of_honest_gradients(gradients):
+    for name, g in gradients.items():
+        result, rejected = reduce(g, [8.0] * 4, IntegrityConfig())
+        assert not rejected
+        assert relative_error(result, g.mean(0)) < 0.2, name
+
+
+@pytest.mark.parametrize("attack", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("aggregator", AGGREGATORS)
+def test_one_hostile_sender_is_bounded_where_the_mean_is_not(gradients, attack, aggregator):
+    """Error against the mean of the 3 honest peers; the natural level is the clean 4-peer mean's."""
+    corrupt = CORRUPTIONS[attack]
+    for name, g in gradients.items():
+        honest = g[:3].mean(0)
+        natural = relative_error(g.mean(0), honest)
+        attacked = g.clone()
+        attacked[3] = corrupt(attacked[3])
+        control, _ = reduce(attacked, [8.0] * 4, None)
+        result, rejected = reduce(attacked, [8.0] * 4, IntegrityConfig(aggregator=aggregator))
+        error = relative_error(result, honest)
+        assert torch.isfinite(result).all()
+        assert error < natural + 0.35, (name, error, natural)
+        if attack != "sign_flip":  # a sign flip is within the gradient noise: bounded, not detected
+            assert set(rejected) == {3} and 0 <= min(rejected) <= 3
+            assert not torch.isfinite(control).all() or relative_error(control, honest) > 100 * error
+
+
+def test_claimed_weight_counts_at_most_the_bound(gradients):
+    g = gradients["step20/encoder"]
+    config = IntegrityConfig()
+    assert bounded_weights(torch.tensor([8.0, 8.0, 8.0, 8e6]), config.max_weight_ratio).tolist() == [8, 8, 8, 16]
+    control, _ = reduce(g, [8.0, 8.0, 8.0, 8e6], None)
+    result, _ = reduce(g, [8.0, 8.0, 8.0, 8e6], config)
+    assert relative_error(control, g[3]) < 1e-4  # the plain mean follows the loudest claim
+    assert relative_error(result, g.mean(0)) < relative_error(result, g[3])
+    _, rejected = reduce(g, [8.0, float("nan"), 8.0, -1.0], config)
+    assert set(rejected) == {1, 3}
+
+
+@pytest.mark.parametrize("attack", sorted(CORRUPTIONS))
+def test_a_corrupted_aggregate_from_a_hostile_reducer_is_rejected(gradients, attack):
+    config = IntegrityConfig()
+    for g in gradients.values():
+        corrupted = CORRUPTIONS[attack](aggregate(g, torch.ones(4), config))
+        assert all(check_aggregate(g[i], corrupted, config) is not None for i in range(4))
+
+
+def test_malformed_parts_never_crash_the_reducer():
+    config = IntegrityConfig()
+    parts = torch.randn(4, 64)
+    parts[0, 3] = float("inf")
+    result, rejected = reduce(parts, [1.0, 1.0, 1.0, 1.0], config)
+    assert set(rejected) == {0} and torch.isfinite(result).all()
+    result, rejected = reduce(torch.full((3, 8), float("nan")), [1.0] * 3, config)
+    assert set(rejected) == {0, 1, 2} and torch.equal(result, torch.zeros(8))
+    assert check_aggregate(torch.ones(8), torch.ones(7), config) is not None
+
+
+def test_one_strike_per_round_and_ban_after_the_limit():
+    bans = BanList(ban_after=3)
+    assert [bans.strike("QmPeerA", "x") for _ in range(3)] == [False, False, True]
+    bans.strike("QmPeerB", "y")
+    assert bans.is_banned("QmPeerA") and not bans.is_banned("QmPeerB")
+    snapshot = bans.snapshot()
+    assert snapshot.strikes == {"QmPeerA": 3, "QmPeerB": 1} and snapshot.banned == ["QmPeerA"]
+
+
+# --- a real butterfly all-reduce: 4 peers over loopback p2p, one of them hostile ------------------
+
+
+class _SameHandles:
+    @classmethod
+    def _get_handle_name(cls, namespace, method_name):
+        return AllReduceRunner._get_handle_name(namespace, method_name)
+
+
+class _Robust(_SameHandles, RobustAllReduceRunner):
+    pass
+
+
+def _hostile_runner(corrupt):
+    class Reducer(TensorPartReducer):
+        async def accumulate_part(self, sender_index, part_index, tensor_part, weight=1.0):
+            result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
+            return result if sender_index == 3 else corrupt(result)
+
+    class Hostile(_SameHandles, AllReduceRunner):
+        def __init__(self, *, tensors, **kwargs):
+            super().__init__(tensors=[corrupt(t) for t in tensors], **kwargs)
+            self.tensor_part_reducer.__class__ = Reducer
+
+    return Hostile
+
+
+async def _allreduce(tensors: list[torch.Tensor], runner_types: list, ban_last: bool = False, **robust_kwargs):
+    """Runs one all-reduce of ``tensors[i]`` by a ``runner_types[i]`` each; returns (results, runners)."""
+    first = await P2P.create(nat_port_map=False)
+    maddrs = await first.get_visible_maddrs()
+    p2ps = [first, *await asyncio.gather(*(P2P.create(initial_peers=maddrs, nat_port_map=False) for _ in range(3)))]
+    try:
+        peer_ids = [p2p.peer_id for p2p in p2ps]
+        robust_kwargs["banned"] = {str(peer_ids[-1])} if ban_last else set()
+        runners = []
+        for p2p, runner_type, tensor in zip(p2ps, runner_types, tensors):
+            extra = robust_kwargs if issubclass(runner_type, RobustAllReduceRunner) else {}
+            runner = runner_type(p2p=p2p, servicer_type=AllReduceRunner, prefix=None, group_id=b"group",
+                                 tensors=[tensor.clone()], weight=1.0, ordered_peer_ids=peer_ids,
+                                 peer_fractions=(0.25,) * 4, part_size_bytes=2**14, sender_timeout=5.0,
+                                 reducer_timeout=10.0, **extra)
+            await runner.add_p2p_handlers(p2p)
+            runners.append(runner)
+
+        async def deltas(runner):
+            return [delta async for delta in runner]
+
+        results = await asyncio.wait_for(asyncio.gather(*(deltas(r) for r in runners)), 60)
+        return [[t + d for t, d in zip([tensor], delta)] for tensor, delta in zip(tensors, results)], runners
+    finally:
+        await asyncio.gather(*(p2p.shutdown() for p2p in p2ps))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("attack", ["scale", "sign_flip"])
+def test_hostile_group_member_is_rejected_as_sender_and_as_reducer(gradients, attack):
+    g = torch.cat(list(gradients.values()), dim=1)  # each member reduces a share of 16384 values
+    tensors = [g[i].clone() for i in range(4)]
+    honest = g[:3].mean(0)
+    types = [_Robust, _Robust, _Robust, _hostile_runner(CORRUPTIONS[attack])]
+    outputs, runners = asyncio.run(_allreduce(tensors, types, integrity=IntegrityConfig()))
+    hostile_id = runners[3].peer_id
+    errors = [relative_error(outputs[peer][0], honest) for peer in range(3)]
+    for peer in range(3):
+        assert torch.isfinite(outputs[peer][0]).all()
+        assert set(runners[peer].offences) == {hostile_id}, runners[peer].offences
+        reasons = runners[peer].offences[hostile_id]
+        assert any("aggregate" in reason for reason in reasons), reasons  # as a reducer
+        assert attack == "sign_flip" or any("contribution" in reason for reason in reasons), reasons  # as a sender
+    plain = type("Plain", (_SameHandles, AllReduceRunner), {})
+    control, _ = asyncio.run(_allreduce(tensors, [plain] * 3 + [types[3]]))
+    control_errors = [relative_error(control[peer][0], honest) for peer in range(3)]
+    assert min(control_errors) > max(errors), (control_errors, errors)
+
+
+@pytest.mark.timeout(120)
+def test_banned_peer_takes_no_part(gradients):
+    g = torch.cat(list(gradients.values()), dim=1)
+    tensors = [g[i].clone() for i in range(4)]
+    types = [_Robust] * 3 + [_hostile_runner(CORRUPTIONS["nan"])]
+    outputs, runners = asyncio.run(_allreduce(tensors, types, integrity=IntegrityConfig(), ban_last=True))
+    for peer in range(3):
+        assert torch.isfinite(outputs[peer][0]).all()
+        assert not runners[peer].offences  # ignored: nothing it sent or returned was even looked at
