@@ -18,6 +18,7 @@ from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_run_records
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.diloco import DiLoCoOptimizer
 from crowdtrain.swarm.discovery import JoinedRun, join_run
 from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
@@ -109,7 +110,8 @@ class Volunteer:
             on_joined(joined, str(self.device))
             if self.config.evaluate:
                 self._evaluate(recipe, model, start=True)
-            optimizer = build_swarm_optimizer(
+            build_optimizer = DiLoCoOptimizer if joined.config.mode == "diloco" else build_swarm_optimizer
+            optimizer = build_optimizer(
                 dht=dht, identity=self.identity, run=joined.config, recipe=recipe, model=model,
                 batch_size=self.config.batch_size, client_mode=self.config.network.client_mode)
             after_hivemind_started()
