@@ -99,6 +99,7 @@ def stop(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
 
 def start_coordinator(lab: NetnsLab, workdir: Path, scenario: Scenario, key: Path,
                       run_dir: Path) -> tuple[subprocess.Popen, str]:
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "coordinator.log"
     command = [sys.executable, "-m", "crowdtrain", "coordinator", "--host", lab.host_ip, "--no-port-mapping",
                "--identity", str(key), "--run-dir", str(run_dir), "--history", str(workdir / "history.jsonl"),
@@ -116,7 +117,7 @@ def start_coordinator(lab: NetnsLab, workdir: Path, scenario: Scenario, key: Pat
 
 
 def run_swarm(lab: NetnsLab, scenario: Scenario, workdir: Path, key: Path, run_dir: Path, recipe) -> Result:
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     coordinator, address = start_coordinator(lab, workdir, scenario, key, run_dir)
     volunteers = []
     started, before = time.monotonic(), lab.total_sent()
@@ -167,7 +168,7 @@ def watch_window(lab: NetnsLab, history: Path, max_epochs: int,
 
 
 def run_allreduce(lab: NetnsLab, steps: int, workdir: Path, run_dir: Path, recipe) -> Result:
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     before = lab.total_sent()
     started = time.monotonic()
     workers = [spawn([*lab.launcher(i), sys.executable, str(Path(__file__).parent / "allreduce_worker.py"),

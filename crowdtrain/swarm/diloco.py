@@ -23,6 +23,7 @@ from typing import Optional
 import hivemind
 import torch
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
 from crowdtrain.averaging.delta_averager import DeltaAverager
@@ -36,6 +37,7 @@ DECLARE_STATE_PERIOD = 5.0
 RESYNC_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
 TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
+PROGRESS_TTL = 20.0  # a departed peer stops counting towards the round's budget after this long (hivemind: 60)
 
 
 class DiLoCoOptimizer:
@@ -61,7 +63,7 @@ class DiLoCoOptimizer:
         self.tracker = ProgressTracker(
             dht, prefix, self.config.inner_steps, client_mode=client_mode, private_key=identity.private_key,
             min_refresh_period=TRACKER_REFRESH[0], max_refresh_period=TRACKER_REFRESH[1],
-            default_refresh_period=TRACKER_REFRESH[0], start=True)
+            default_refresh_period=TRACKER_REFRESH[0], metadata_expiration=PROGRESS_TTL, start=True)
         self.state_averager = OuterStateView(self)
         self.rounds_alone = self.rounds_averaged = self.resyncs = 0
         self._failed_downloads, self._next_download = 0, 0.0
@@ -109,11 +111,16 @@ class DiLoCoOptimizer:
         self.averager.shutdown()
 
     def _round_due(self) -> bool:
+        """The swarm made H steps per live peer (counted, or extrapolated by the tracker for this very
+        budget: an estimate made for a budget of fewer peers would close the round early), or time is up."""
         progress = self.tracker.global_progress
-        self.tracker.target_batch_size = self.config.inner_steps * max(1, progress.num_peers)
+        budget = self.config.inner_steps * max(1, progress.num_peers)
+        self.tracker.target_batch_size = budget
         if self.config.round_time and time.monotonic() - self.round_started >= self.config.round_time:
             return True
-        return self.tracker.ready_to_update_epoch
+        if progress.samples_accumulated >= budget:
+            return True
+        return progress.target_batch_size == budget and get_dht_time() >= progress.eta_next_epoch
 
     def _outer_round(self) -> None:
         started = time.monotonic()
