@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,10 +79,10 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return found + [Scenario("allreduce every step (gloo)", allreduce=True)]
 
 
-def spawn(command: list[str], log: Path) -> subprocess.Popen:
+def spawn(command: list[str], log: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent)
+                                env={**os.environ, **(env or {})}, preexec_fn=die_with_parent)
 
 
 def stop(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
@@ -174,7 +175,8 @@ def run_allreduce(lab: NetnsLab, steps: int, workdir: Path, run_dir: Path, recip
     workers = [spawn([*lab.launcher(i), sys.executable, str(Path(__file__).parent / "allreduce_worker.py"),
                       "--rank", str(i), "--world-size", str(len(lab.peers)), "--master", f"{lab.peers[0].address}:29533",
                       "--run-dir", str(run_dir), "--steps", str(steps), "--batch-size", str(BATCH),
-                      *(["--export", str(workdir / "p0.pt")] if i == 0 else [])], workdir / f"rank{i}.log")
+                      *(["--export", str(workdir / "p0.pt")] if i == 0 else [])], workdir / f"rank{i}.log",
+                     env={"GLOO_SOCKET_IFNAME": lab.peers[i].peer_veth})
                for i in range(len(lab.peers))]
     try:
         codes = [w.wait(timeout=3600) for w in workers]
