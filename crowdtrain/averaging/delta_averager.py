@@ -7,6 +7,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 from hivemind import DecentralizedAverager
+from hivemind.averaging.allreduce import AllreduceException
+from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
 from crowdtrain.averaging.outer import OuterOptimizer
@@ -38,8 +40,8 @@ class DeltaAverager(DecentralizedAverager):
         with self.get_tensors() as tensors:
             for tensor, delta in zip(tensors, deltas):
                 tensor.copy_(delta)
-        try:
-            gathered = self.step(weight=weight, gather=self.outer.epoch, timeout=timeout)
+        try:  # no retries: a failed attempt may have left partial averages in the tensors
+            gathered = self.step(weight=weight, gather=self.outer.epoch, timeout=timeout, allow_retries=False)
         except Exception as e:  # hivemind raises its matchmaking / all-reduce errors from the future
             logger.info(f"no averaging this round: {e!r}")
             return None
@@ -47,9 +49,20 @@ class DeltaAverager(DecentralizedAverager):
             return None
         epochs = sorted(set(gathered.values()))
         if epochs != [self.outer.epoch]:
-            logger.warning(f"averaged with peers at outer epochs {epochs} (this peer: {self.outer.epoch})")
+            logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {self.outer.epoch})")
+            return None
         with self.get_tensors() as tensors:
             return AveragedDeltas(tensors=[t.clone() for t in tensors], group_size=len(gathered))
+
+    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
+                                      group_id: Optional[bytes] = None, **kwargs: Any) -> None:
+        """hivemind keeps this peer's own values for parts whose reducer failed and reports success: that
+        peer would leave the round with parameters unlike its group's. Such a round fails here instead."""
+        await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, **kwargs)
+        runner = self._running_groups[group_info.group_id if group_id is None else group_id].result()
+        failed = runner.tensor_part_container.failed_size
+        if failed:
+            raise AllreduceException(f"partial all-reduce: {failed} of {runner.tensor_part_container.total_size} values were not averaged")
 
     def get_current_state(self) -> tuple[Any, Sequence[torch.Tensor], Sequence[CompressionInfo]]:
         tensors = self.outer.state_tensors()

@@ -126,12 +126,11 @@ class DiLoCoOptimizer:
         started = time.monotonic()
         deltas = self.outer.pseudo_gradient(self.params)
         sent = self.error_feedback.compensate(deltas) if self.error_feedback is not None else deltas
-        averaged = None
-        if self.tracker.global_progress.num_peers > 1:
-            averaged = self.averager.average(sent, weight=float(self.round_samples),
-                                             timeout=self.run.timeouts.averaging_timeout)
-        if averaged is None and self.tracker.global_epoch > self.local_epoch:
-            self.resync()  # the others closed the round without us
+        alone = self.tracker.global_progress.num_peers <= 1
+        averaged = None if alone else self.averager.average(sent, weight=float(self.round_samples),
+                                                            timeout=self.run.timeouts.averaging_timeout)
+        if averaged is None and not alone:
+            self._after_failed_round()
             return
         self.outer.step(averaged.tensors if averaged is not None else sent)
         self.rounds_averaged += averaged is not None
@@ -143,6 +142,20 @@ class DiLoCoOptimizer:
         logger.info(f"outer round {self.local_epoch}: {self.round_steps} inner steps, {self.round_samples} samples, "
                     f"group of {group}, {time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}")
         self._start_round()
+
+    def _after_failed_round(self) -> None:
+        """Take the round's result from a peer that has it; if nobody is ahead, keep the round open
+        (this peer trains on and tries again at its next step)."""
+        epoch = self.local_epoch
+        if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout):
+            return
+        if self.local_epoch > epoch:
+            self.resyncs += 1
+            if self.error_feedback is not None:
+                self.error_feedback.reset()
+            self._step_scheduler_to(self.local_epoch)
+            logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}")
+            self._start_round()
 
     def _start_round(self) -> None:
         self.outer.copy_to(self.params)
