@@ -74,6 +74,7 @@ def test_three_volunteers_one_joining_late_end_rounds_with_identical_parameters(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_survivors_continue_after_a_volunteer_is_killed_mid_round(local_swarm, tmp_path):
     _, address = local_swarm.start_coordinator([*DILOCO, "--max-epochs", "0", "--run-dir", str(tmp_path / "run")])
     peers = [local_swarm.start_volunteer(name, [address], ["--batch-size", "8"]) for name in ("a", "b", "c")]

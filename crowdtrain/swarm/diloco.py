@@ -126,10 +126,9 @@ class DiLoCoOptimizer:
         started = time.monotonic()
         deltas = self.outer.pseudo_gradient(self.params)
         sent = self.error_feedback.compensate(deltas) if self.error_feedback is not None else deltas
-        alone = self.tracker.global_progress.num_peers <= 1
-        averaged = None if alone else self.averager.average(sent, weight=float(self.round_samples),
-                                                            timeout=self.run.timeouts.averaging_timeout)
-        if averaged is None and not alone:
+        averaged = self.averager.average(sent, weight=float(self.round_samples),
+                                         timeout=self.run.timeouts.averaging_timeout)
+        if averaged is None and self.tracker.global_progress.num_peers > 1:
             self._after_failed_round()
             return
         self.outer.step(averaged.tensors if averaged is not None else sent)
