@@ -37,7 +37,8 @@ DECLARE_STATE_PERIOD = 5.0
 RESYNC_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
 TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
-PROGRESS_TTL = 20.0  # a departed peer stops counting towards the round's budget after this long (hivemind: 60)
+PROGRESS_TTL = 20.0  # a departed peer stops counting after this long (hivemind: 60); a peer that saw
+# another one more recently never takes an outer step alone
 
 
 class DiLoCoOptimizer:
@@ -67,6 +68,7 @@ class DiLoCoOptimizer:
         self.state_averager = OuterStateView(self)
         self.rounds_alone = self.rounds_averaged = self.resyncs = 0
         self._failed_downloads, self._next_download = 0, 0.0
+        self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._start_round()
         self.tracker.fetched_global_progress_this_epoch.wait(FIRST_FETCH_TIMEOUT)
         if self.tracker.global_epoch > self.local_epoch:
@@ -114,10 +116,14 @@ class DiLoCoOptimizer:
         """The swarm made H steps per live peer (counted, or extrapolated by the tracker for this very
         budget: an estimate made for a budget of fewer peers would close the round early), or time is up."""
         progress = self.tracker.global_progress
-        budget = self.config.inner_steps * max(1, progress.num_peers)
-        self.tracker.target_batch_size = budget
         if self.config.round_time and time.monotonic() - self.round_started >= self.config.round_time:
             return True
+        if progress.num_peers == 0:  # the last read of the records failed (this peer's own is always there)
+            return False
+        if progress.num_peers > 1:
+            self._others_seen_at = time.monotonic()
+        budget = self.config.inner_steps * progress.num_peers
+        self.tracker.target_batch_size = budget
         if progress.samples_accumulated >= budget:
             return True
         return progress.target_batch_size == budget and get_dht_time() >= progress.eta_next_epoch
@@ -128,7 +134,7 @@ class DiLoCoOptimizer:
         sent = self.error_feedback.compensate(deltas) if self.error_feedback is not None else deltas
         averaged = self.averager.average(sent, weight=float(self.round_samples),
                                          timeout=self.run.timeouts.averaging_timeout)
-        if averaged is None and self.tracker.global_progress.num_peers > 1:
+        if averaged is None and time.monotonic() - self._others_seen_at < PROGRESS_TTL:
             self._after_failed_round()
             return
         self.outer.step(averaged.tensors if averaged is not None else sent)
