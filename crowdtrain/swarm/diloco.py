@@ -66,7 +66,6 @@ class DiLoCoOptimizer:
             min_refresh_period=TRACKER_REFRESH[0], max_refresh_period=TRACKER_REFRESH[1],
             default_refresh_period=TRACKER_REFRESH[0], metadata_expiration=PROGRESS_TTL, start=True)
         self.state_averager = OuterStateView(self)
-        self.rounds_alone = self.rounds_averaged = self.resyncs = 0
         self._failed_downloads, self._next_download = 0, 0.0
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._start_round()
@@ -100,13 +99,15 @@ class DiLoCoOptimizer:
             self._back_off()
             return False
         self._failed_downloads = 0
-        self.resyncs += 1
+        self._continue_from_swarm_state()
+        return True
+
+    def _continue_from_swarm_state(self) -> None:
         if self.error_feedback is not None:
-            self.error_feedback.reset()
+            self.error_feedback.reset()  # the residual belonged to this peer's own round
         self._step_scheduler_to(self.local_epoch)
         logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}")
         self._start_round()
-        return True
 
     def shutdown(self) -> None:
         self.tracker.shutdown()
@@ -138,8 +139,6 @@ class DiLoCoOptimizer:
             self._after_failed_round()
             return
         self.outer.step(averaged.tensors if averaged is not None else sent)
-        self.rounds_averaged += averaged is not None
-        self.rounds_alone += averaged is None
         self.averager.state_sharing_priority = self.local_epoch
         self._step_scheduler_to(self.local_epoch)
         group = averaged.group_size if averaged is not None else 1
@@ -155,12 +154,7 @@ class DiLoCoOptimizer:
         if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout):
             return
         if self.local_epoch > epoch:
-            self.resyncs += 1
-            if self.error_feedback is not None:
-                self.error_feedback.reset()
-            self._step_scheduler_to(self.local_epoch)
-            logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}")
-            self._start_round()
+            self._continue_from_swarm_state()
 
     def _start_round(self) -> None:
         self.outer.copy_to(self.params)

@@ -4,9 +4,7 @@ For benchmarks (needs root): ``with NetnsLab(peers=4) as lab:`` creates a bridge
 namespace (address ``lab.host_ip``) and, per peer, a namespace whose only interface is one end of a
 veth pair attached to that bridge. Everything a peer sends (DHT, matchmaking, all-reduce, state
 downloads) crosses its veth, so the root-side counters of that veth are the peer's bytes on the wire.
-A namespace has no route beyond the bridge. :meth:`NetnsLab.shape` limits a peer's upload and
-download rate with ``tbf`` (this kernel has no ``netem``, so no added delay). Everything is removed
-on exit.
+A namespace has no route beyond the bridge. Everything is removed on exit.
 """
 from __future__ import annotations
 
@@ -86,14 +84,6 @@ class NetnsLab:
 
     def total_sent(self, indices: Sequence[int] = ()) -> int:
         return sum(self.traffic(i).sent for i in (indices or range(len(self.peers))))
-
-    def shape(self, index: int, upload_mbit: float, download_mbit: float) -> None:
-        """Token-bucket limits on the peer's upload (inside its namespace) and download (root side)."""
-        link = self.peers[index]
-        for where, device, rate in (([ "-n", link.namespace], link.peer_veth, upload_mbit),
-                                    ([], link.host_veth, download_mbit)):
-            subprocess.run(["tc", *where, "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{rate}mbit",
-                            "burst", "32kbit", "latency", "400ms"], check=True, capture_output=True, timeout=10)
 
     def close(self) -> None:
         for kind, name in reversed(self._created):
