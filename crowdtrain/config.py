@@ -93,6 +93,36 @@ class IntegrityConfig:
         return self.aggregator != "mean"
 
 
+RUN_MODES = ("standard", "diloco")
+DILOCO_COMPRESSIONS = ("none", "fp16", "8bit")
+
+
+@dataclass(kw_only=True)
+class DiLoCoConfig:
+    """Low-communication mode: local inner steps, then an outer Nesterov step on averaged deltas."""
+
+    inner_steps: int = 100
+    "H: a round closes when the swarm has made H inner steps per live peer on average (a target, not a barrier)."
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    nesterov: bool = True
+    compression: str = "none"
+    "Wire format of the averaged deltas: none (fp32), fp16 or 8bit (hivemind Quantile8BitQuantization)."
+    error_feedback: bool = False
+    "Carry this peer's compression error into its next round's delta."
+    round_time: float = 0.0
+    "Seconds after which a round closes even below the step budget; 0: no time budget."
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.inner_steps, int) and self.inner_steps > 0, "diloco.inner_steps",
+                 "must be a positive integer")
+        _require(self.outer_lr > 0, "diloco.outer_lr", "must be positive")
+        _require(0 <= self.outer_momentum < 1, "diloco.outer_momentum", "must be in [0, 1)")
+        _require(self.compression in DILOCO_COMPRESSIONS, "diloco.compression",
+                 f"must be one of {', '.join(DILOCO_COMPRESSIONS)}, got {self.compression!r}")
+        _require(self.round_time >= 0, "diloco.round_time", "must be >= 0")
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     """The signed, versioned description of one collaborative run; identical on every peer."""
@@ -118,12 +148,18 @@ class RunConfig:
     version: int = RUN_CONFIG_VERSION
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     "Contribution checks, robust aggregator and bans; absent in older configurations (defaults apply)."
+    mode: str = "standard"
+    "standard: one averaged optimizer step per global batch; diloco: see :class:`DiLoCoConfig` (epochs are rounds)."
+    diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.timeouts, Mapping):
             self.timeouts = Timeouts(**self.timeouts)
         if isinstance(self.integrity, Mapping):
             self.integrity = IntegrityConfig(**self.integrity)
+        if isinstance(self.diloco, Mapping):
+            self.diloco = DiLoCoConfig(**self.diloco)
+        _require(self.mode in RUN_MODES, "mode", f"must be one of {', '.join(RUN_MODES)}, got {self.mode!r}")
         _require(self.version == RUN_CONFIG_VERSION, "version",
                  f"unsupported run configuration version {self.version} (this crowdtrain reads {RUN_CONFIG_VERSION})")
         _require(isinstance(self.run_id, str) and self.run_id.startswith("run-"), "run_id", "must start with 'run-'")
@@ -268,6 +304,8 @@ class CoordinatorConfig:
     max_epochs: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    mode: str = "standard"
+    diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
     hparams: dict[str, Any] = field(default_factory=dict)
     "Overrides of the recipe's default hyper-parameters."
     dataset: Optional[dict[str, Any]] = None
@@ -289,6 +327,7 @@ class CoordinatorConfig:
         _require(not (self.network.client_mode and self.keeper.enabled), "client_mode",
                  "the state keeper serves the run's state and needs incoming connections (or pass --no-keep-state)",
                  UsageError)
+        _require(self.mode in RUN_MODES, "mode", f"must be one of {', '.join(RUN_MODES)}", UsageError)
 
 
 @dataclass(kw_only=True)
@@ -369,9 +408,14 @@ class DemoConfig:
     target_batch_size: int = 128
     matchmaking_time: float = 2.0
     profiles: tuple[VolunteerProfile, ...] = DEFAULT_DEMO_PROFILES
+    mode: str = "standard"
+    inner_steps: int = 20
+    "H of the demo's diloco mode (small, so that a short demo shows several outer rounds)."
 
     def __post_init__(self) -> None:
         _require(self.duration > 0, "duration", "must be positive", UsageError)
         _require(len(self.profiles) >= 1, "volunteers", "must be at least 1", UsageError)
         _require(self.target_batch_size > 0, "target_batch_size", "must be positive", UsageError)
+        _require(self.mode in RUN_MODES, "mode", f"must be one of {', '.join(RUN_MODES)}", UsageError)
+        _require(self.inner_steps > 0, "inner_steps", "must be positive", UsageError)
         self.out_dir = Path(self.out_dir)

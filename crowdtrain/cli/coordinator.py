@@ -9,8 +9,9 @@ from pathlib import Path
 
 from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
                                    network_from_args, setup_logging, timeouts_from_args)
+from crowdtrain.averaging.compression import COMPRESSIONS
 from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
-from crowdtrain.config import AGGREGATORS, CoordinatorConfig, IntegrityConfig, KeeperConfig
+from crowdtrain.config import AGGREGATORS, RUN_MODES, CoordinatorConfig, DiLoCoConfig, IntegrityConfig, KeeperConfig
 from crowdtrain.dht.node import preferred_address
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.coordinator import CoordinatorReady, run_coordinator
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the newest K checkpoints")
     keeper.add_argument("--follow-interval", type=float, default=defaults.follow_interval, metavar="SECONDS",
                         help="at most one state download from the swarm per SECONDS")
+    add_diloco_options(parser)
     add_timeout_options(parser)
     add_network_options(parser)
     parser.add_argument("--initial-peers", action="append", default=[], metavar="ADDRESS",
@@ -56,6 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", type=Path, default=None, metavar="PATH",
                         help="append each status document as a JSON line to PATH")
     add_dashboard_options(parser, can_disable=True)
+
+
+def add_diloco_options(parser: argparse.ArgumentParser) -> None:
+    defaults = DiLoCoConfig()
+    group = parser.add_argument_group("run mode")
+    group.add_argument("--mode", choices=RUN_MODES, default="standard",
+                       help="standard: averaged step per global batch; diloco: local steps, outer step per round")
+    group.add_argument("--inner-steps", type=int, default=defaults.inner_steps,
+                       help="diloco: inner steps per peer per round (H, a target, not a barrier)")
+    group.add_argument("--outer-lr", type=float, default=defaults.outer_lr)
+    group.add_argument("--outer-momentum", type=float, default=defaults.outer_momentum)
+    group.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="diloco: plain outer momentum")
+    group.add_argument("--compression", choices=sorted(COMPRESSIONS), default=defaults.compression,
+                       help="diloco: wire format of the averaged deltas")
+    group.add_argument("--error-feedback", action="store_true", help="diloco: carry compression error over")
+    group.add_argument("--round-time", type=float, default=defaults.round_time,
+                       help="diloco: close a round after this many seconds even below its step budget (0: off)")
+
+
+def diloco_from_args(args: argparse.Namespace) -> DiLoCoConfig:
+    return DiLoCoConfig(inner_steps=args.inner_steps, outer_lr=args.outer_lr, outer_momentum=args.outer_momentum,
+                        nesterov=args.nesterov, compression=args.compression, error_feedback=args.error_feedback,
+                        round_time=args.round_time)
 
 
 def parse_hparams(items: list[str]) -> dict:
@@ -79,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), integrity=IntegrityConfig(aggregator=args.aggregator),
             hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
-            log_interval=args.log_interval,
+            log_interval=args.log_interval, mode=args.mode, diloco=diloco_from_args(args),
             dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None,
             private=args.private, keeper=KeeperConfig(
                 enabled=args.keep_state, follow_interval=args.follow_interval, checkpoint_every=args.checkpoint_every,
@@ -93,7 +118,9 @@ def _print_ready(ready: CoordinatorReady, loopback: bool) -> None:
     address = preferred_address(ready.addresses)
     verb = "resumed" if ready.resumed else "started"
     extra = " --loopback" if loopback else ""
-    print(f"{verb} run {ready.run.run_id} (recipe {ready.run.recipe}, target batch {ready.run.target_batch_size})")
+    run = ready.run
+    mode = f"diloco, H={run.diloco.inner_steps}" if run.mode == "diloco" else f"target batch {run.target_batch_size}"
+    print(f"{verb} run {run.run_id} (recipe {run.recipe}, {mode})")
     print(f"coordinator address: {address}")
     print(f"volunteers join with:\n  crowdtrain join {address}{extra}")
     if ready.dashboard_url:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from crowdtrain.cli.common import StopSignal, setup_logging
-from crowdtrain.config import DEFAULT_DEMO_PROFILES, DemoConfig, VolunteerProfile
+from crowdtrain.config import DEFAULT_DEMO_PROFILES, RUN_MODES, DemoConfig, VolunteerProfile
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.progress import ProgressLine
 from crowdtrain.swarm.status import read_history
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
                         help="number of volunteers (speeds cycle fast / medium / slow)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
+    parser.add_argument("--mode", choices=RUN_MODES, default="standard", help="run mode (see coordinator --help)")
+    parser.add_argument("--inner-steps", type=int, default=DemoConfig.inner_steps,
+                        help="diloco: inner steps per peer per round")
     parser.add_argument("--out-dir", type=Path, default=Path("demo-out"), help="logs, reports and plot go here")
     parser.add_argument("--json", type=Path, default=None, dest="json_path", help="write the summary as JSON")
     parser.add_argument("--plot", type=Path, default=None, dest="plot_path",
@@ -38,7 +41,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                          throttle=p.throttle)
         for i, p in ((i, DEFAULT_DEMO_PROFILES[i % len(DEFAULT_DEMO_PROFILES)]) for i in range(args.volunteers)))
     return DemoConfig(duration=args.duration, out_dir=args.out_dir, json_path=args.json_path,
-                      plot_path=args.plot_path, target_batch_size=args.target_batch_size, profiles=profiles)
+                      plot_path=args.plot_path, target_batch_size=args.target_batch_size, profiles=profiles,
+                      mode=args.mode, inner_steps=args.inner_steps)
 
 
 def _coordinator_args(config: DemoConfig) -> list[str]:
@@ -46,7 +50,8 @@ def _coordinator_args(config: DemoConfig) -> list[str]:
     return ["--no-keep-state", "--recipe", config.recipe, "--target-batch-size", str(config.target_batch_size),
             "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "6",
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
-            "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl")]
+            "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl"),
+            "--mode", config.mode, "--inner-steps", str(config.inner_steps)]
 
 
 def _volunteer_args(profile: VolunteerProfile) -> list[str]:

@@ -199,4 +199,8 @@ def start_keeper(config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: P
     """The started keeper, or None when the configuration turns it off."""
     if not config.enabled:
         return None
+    if run.mode != "standard":
+        logger.warning(f"the state keeper follows standard-mode runs only; run {run.run_id} is in {run.mode} mode "
+                       f"(no checkpoints, and the run's state lives with its volunteers)")
+        return None
     return StateKeeper(config, run, assets, run_dir, dht, identity, access, address).start()

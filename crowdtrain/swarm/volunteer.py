@@ -25,11 +25,12 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.peers.invites import verify_invite
 from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
 from crowdtrain.swarm.device import DeviceInfo, default_threads, describe, detect_device
+from crowdtrain.swarm.diloco import DiLoCoOptimizer
 from crowdtrain.swarm.discovery import JoinedRun, join_run
 from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
 from crowdtrain.swarm.join_plan import JoinPlan, upload_per_round
-from crowdtrain.swarm.optimizer import SwarmOptimizer, build_swarm_optimizer
+from crowdtrain.swarm.optimizer import AveragingStats, SwarmOptimizer, build_swarm_optimizer
 from crowdtrain.swarm.training import TrainingLoop
 from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
@@ -143,9 +144,7 @@ class Volunteer:
             on_joined(plan)
             if self.config.evaluate:
                 self._evaluate(recipe, model, start=True)
-            optimizer = build_swarm_optimizer(
-                dht=dht, identity=self.identity, run=joined.config, recipe=recipe, model=model,
-                batch_size=self.batch_size, client_mode=self.client_mode, access=access)
+            optimizer = self._optimizer(dht, joined, recipe, model, access)
             after_hivemind_started()
             self._train(joined, recipe, model, optimizer, dht, stop, on_progress, access)
             optimizer.state_averager.step(wait_for_delayed_updates=True)  # the last update lands before export
@@ -161,6 +160,19 @@ class Volunteer:
             if self.config.report_path:
                 self.report.write(Path(self.config.report_path))
         return self.report
+
+    def _optimizer(self, dht: hivemind.DHT, joined: JoinedRun, recipe: Recipe, model: torch.nn.Module,
+                   access: Optional[RunAccess]):
+        """The run mode's driver: hivemind's global-batch optimizer, or DiLoCo's inner/outer loop."""
+        run = joined.config
+        if run.mode != "diloco":
+            return build_swarm_optimizer(dht=dht, identity=self.identity, run=run, recipe=recipe, model=model,
+                                         batch_size=self.batch_size, client_mode=self.client_mode, access=access)
+        if access is not None:
+            raise RunConfigError(f"run {run.run_id} is private and in diloco mode: this crowdtrain does not "
+                                 f"combine the two yet")
+        return DiLoCoOptimizer(dht=dht, identity=self.identity, run=run, recipe=recipe, model=model,
+                               batch_size=self.batch_size, client_mode=self.client_mode)
 
     def _start_dht(self) -> hivemind.DHT:
         """A full peer if others can dial it; otherwise, after one line of advice, a client-mode peer."""
@@ -250,7 +262,8 @@ class Volunteer:
         self._finish_report(loop, optimizer.local_epoch)
 
     def _record(self, loop: TrainingLoop, optimizer: SwarmOptimizer, finish_state: FinishState) -> PeerRecord:
-        stats, averaging, report = loop.stats, optimizer.averaging_stats, self.report
+        stats, report = loop.stats, self.report
+        averaging = getattr(optimizer, "averaging_stats", None) or AveragingStats()  # DiLoCo keeps none
         return PeerRecord(peer_id=str(self.identity.peer_id), name=self.config.name, role=self.role,
                           address=self.address, samples=stats.samples, samples_per_second=stats.samples_per_second,
                           loss=stats.recent_loss, epoch=optimizer.local_epoch, device=str(self.device),

@@ -1,0 +1,87 @@
+"""Averages pseudo-gradients (parameter deltas) in hivemind groups and serves the outer state."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from hivemind import DecentralizedAverager
+from hivemind.averaging.allreduce import AllreduceException
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.compression import CompressionInfo
+
+from crowdtrain.averaging.outer import OuterOptimizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AveragedDeltas:
+    tensors: list[torch.Tensor]
+    group_size: int
+
+
+class DeltaAverager(DecentralizedAverager):
+    """A DecentralizedAverager whose averaged tensors are the round's deltas, weighted by samples.
+
+    A newcomer (or a peer that missed a round) downloads the *outer* state from it instead:
+    θ₀, the momentum buffers and the outer epoch (:meth:`get_current_state`, called by hivemind in
+    this process when a peer asks). ``state_sharing_priority`` is kept at the outer epoch so that the
+    most advanced peer is asked first.
+    """
+
+    def __init__(self, outer: OuterOptimizer, **kwargs: Any):
+        self.outer = outer
+        super().__init__(averaged_tensors=[torch.zeros_like(t) for t in outer.start], **kwargs)
+
+    def average(self, deltas: Sequence[torch.Tensor], weight: float, timeout: float) -> Optional[AveragedDeltas]:
+        """Average ``deltas`` with a group found within ``timeout``; None if none formed or all-reduce failed."""
+        with self.get_tensors() as tensors:
+            for tensor, delta in zip(tensors, deltas):
+                tensor.copy_(delta)
+        try:  # no retries: a failed attempt may have left partial averages in the tensors
+            gathered = self.step(weight=weight, gather=self.outer.epoch, timeout=timeout, allow_retries=False)
+        except Exception as e:  # hivemind raises its matchmaking / all-reduce errors from the future
+            logger.info(f"no averaging this round: {e!r}")
+            return None
+        if gathered is None:
+            return None
+        epochs = sorted(set(gathered.values()))
+        if epochs != [self.outer.epoch]:
+            logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {self.outer.epoch})")
+            return None
+        with self.get_tensors() as tensors:
+            return AveragedDeltas(tensors=[t.clone() for t in tensors], group_size=len(gathered))
+
+    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
+                                      group_id: Optional[bytes] = None, **kwargs: Any) -> None:
+        """hivemind keeps this peer's own values for parts whose reducer failed and reports success: that
+        peer would leave the round with parameters unlike its group's. Such a round fails here instead."""
+        await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, **kwargs)
+        runner = self._running_groups[group_info.group_id if group_id is None else group_id].result()
+        failed = runner.tensor_part_container.failed_size
+        if failed:
+            raise AllreduceException(f"partial all-reduce: {failed} of {runner.tensor_part_container.total_size} values were not averaged")
+
+    def get_current_state(self) -> tuple[Any, Sequence[torch.Tensor], Sequence[CompressionInfo]]:
+        tensors = self.outer.state_tensors()
+        return {"epoch": self.outer.epoch}, tensors, [CompressionInfo.from_tensor(t) for t in tensors]
+
+    def download_outer_state(self, timeout: float) -> bool:
+        """Adopt the outer state of the most advanced live peer; False if none sent a usable one."""
+        loaded = self.load_state_from_peers(timeout=timeout)
+        if loaded is None:
+            return False
+        metadata, tensors = loaded
+        epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
+        if not isinstance(epoch, int) or epoch < 0:
+            logger.warning(f"a peer sent outer state without a valid epoch: {metadata!r}")
+            return False
+        try:
+            self.outer.load_state(tensors, epoch)
+        except ValueError as e:
+            logger.warning(f"rejected a downloaded outer state: {e}")
+            return False
+        self.state_sharing_priority = epoch
+        return True

@@ -1,0 +1,213 @@
+"""The low-communication (DiLoCo) driver: local inner steps, outer rounds on averaged deltas.
+
+Each peer runs the recipe's optimizer on its own micro-batches at its own speed. It reports its
+inner steps of the current round to a signed ``{run_id}_diloco_progress`` record (hivemind's
+ProgressTracker); a round closes when the swarm has made ``inner_steps`` steps per live peer on
+average (H is a target, not a barrier: a fast peer makes more, a slow one fewer) or after
+``round_time`` seconds. Then every peer averages its pseudo-gradient θ₀ − θ, weighted by the samples
+it processed this round, in a hivemind group, applies the outer Nesterov step and starts the next
+round from the new θ₀. A peer that finds the swarm a round ahead (it just joined, or it missed a
+round) downloads the outer state (θ₀, momentum, epoch) from a live peer instead.
+
+:class:`DiLoCoOptimizer` offers the part of ``hivemind.Optimizer`` that the volunteer's training loop
+and :class:`~crowdtrain.swarm.finish.RunFinisher` use (``step``, ``zero_grad``, ``local_epoch``,
+``tracker.global_epoch``, ``state_averager``, ``shutdown``), so the volunteer picks a mode in one place.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Optional
+
+import hivemind
+import torch
+from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
+
+from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
+from crowdtrain.averaging.delta_averager import DeltaAverager
+from crowdtrain.averaging.outer import OuterOptimizer
+from crowdtrain.config import RunConfig
+from crowdtrain.peers.identity import Identity
+from crowdtrain.trainers.base import Recipe
+
+logger = logging.getLogger(__name__)
+DECLARE_STATE_PERIOD = 5.0
+RESYNC_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
+FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
+TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
+PROGRESS_TTL = 20.0  # a departed peer stops counting after this long (hivemind: 60); a peer that saw
+# another one more recently never takes an outer step alone
+
+
+class DiLoCoOptimizer:
+    """Inner optimizer + outer rounds for one peer; see the module docstring."""
+
+    def __init__(self, *, dht: hivemind.DHT, identity: Identity, run: RunConfig, recipe: Recipe,
+                 model: torch.nn.Module, batch_size: int, client_mode: bool):
+        self.run, self.config, self.batch_size = run, run.diloco, batch_size
+        self.params = [p for p in model.parameters()]
+        self.inner = recipe.make_optimizer(self.params)
+        self.scheduler = recipe.make_scheduler(self.inner)
+        self.outer = OuterOptimizer(self.params, lr=self.config.outer_lr, momentum=self.config.outer_momentum,
+                                    nesterov=self.config.nesterov)
+        compression = delta_compression(self.config.compression)
+        self.error_feedback = ErrorFeedback(compression) if self.config.error_feedback else None
+        timeouts = run.timeouts
+        prefix = f"{run.run_id}_diloco"
+        self.averager = DeltaAverager(
+            self.outer, dht=dht, prefix=prefix, start=True, min_matchmaking_time=timeouts.matchmaking_time,
+            request_timeout=timeouts.request_timeout, allreduce_timeout=timeouts.averaging_timeout,
+            next_chunk_timeout=timeouts.next_chunk_timeout, compression=compression, client_mode=client_mode,
+            declare_state_period=DECLARE_STATE_PERIOD)
+        self.tracker = ProgressTracker(
+            dht, prefix, self.config.inner_steps, client_mode=client_mode, private_key=identity.private_key,
+            min_refresh_period=TRACKER_REFRESH[0], max_refresh_period=TRACKER_REFRESH[1],
+            default_refresh_period=TRACKER_REFRESH[0], metadata_expiration=PROGRESS_TTL, start=True)
+        self.state_averager = OuterStateView(self)
+        self._failed_downloads, self._next_download = 0, 0.0
+        self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
+        self._start_round()
+        self.tracker.fetched_global_progress_this_epoch.wait(FIRST_FETCH_TIMEOUT)
+        if self.tracker.global_epoch > self.local_epoch:
+            self.resync()
+
+    @property
+    def local_epoch(self) -> int:
+        """Outer rounds this peer's θ₀ has been through."""
+        return self.outer.epoch
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One inner step on the accumulated gradients; closes the round when the swarm's budget is spent."""
+        self.inner.step()
+        self.round_steps += 1
+        self.round_samples += self.batch_size
+        self.tracker.report_local_progress(self.local_epoch, self.round_steps)
+        if self.tracker.global_epoch > self.local_epoch:
+            if time.monotonic() >= self._next_download:
+                self.resync()
+        elif self._round_due():
+            self._outer_round()
+
+    def resync(self) -> bool:
+        """Adopt the swarm's current outer state (drops this peer's unfinished round); False if none came."""
+        if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout):
+            self._back_off()
+            return False
+        self._failed_downloads = 0
+        self._continue_from_swarm_state()
+        return True
+
+    def _continue_from_swarm_state(self) -> None:
+        if self.error_feedback is not None:
+            self.error_feedback.reset()  # the residual belonged to this peer's own round
+        self._step_scheduler_to(self.local_epoch)
+        logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}")
+        self._start_round()
+
+    def shutdown(self) -> None:
+        self.tracker.shutdown()
+        self.averager.shutdown()
+
+    def _round_due(self) -> bool:
+        """The swarm made H steps per live peer (counted, or extrapolated by the tracker for this very
+        budget: an estimate made for a budget of fewer peers would close the round early), or time is up."""
+        progress = self.tracker.global_progress
+        if self.config.round_time and time.monotonic() - self.round_started >= self.config.round_time:
+            return True
+        if progress.num_peers == 0:  # the last read of the records failed (this peer's own is always there)
+            return False
+        if progress.num_peers > 1:
+            self._others_seen_at = time.monotonic()
+        budget = self.config.inner_steps * progress.num_peers
+        self.tracker.target_batch_size = budget
+        if progress.samples_accumulated >= budget:
+            return True
+        return progress.target_batch_size == budget and get_dht_time() >= progress.eta_next_epoch
+
+    def _outer_round(self) -> None:
+        started = time.monotonic()
+        deltas = self.outer.pseudo_gradient(self.params)
+        sent = self.error_feedback.compensate(deltas) if self.error_feedback is not None else deltas
+        averaged = self.averager.average(sent, weight=float(self.round_samples),
+                                         timeout=self.run.timeouts.averaging_timeout)
+        if averaged is None and time.monotonic() - self._others_seen_at < PROGRESS_TTL:
+            self._after_failed_round()
+            return
+        self.outer.step(averaged.tensors if averaged is not None else sent)
+        self.averager.state_sharing_priority = self.local_epoch
+        self._step_scheduler_to(self.local_epoch)
+        group = averaged.group_size if averaged is not None else 1
+        total, squares = self.outer.fingerprint()
+        logger.info(f"outer round {self.local_epoch}: {self.round_steps} inner steps, {self.round_samples} samples, "
+                    f"group of {group}, {time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}")
+        self._start_round()
+
+    def _after_failed_round(self) -> None:
+        """Take the round's result from a peer that has it; if nobody is ahead, keep the round open
+        (this peer trains on and tries again at its next step)."""
+        epoch = self.local_epoch
+        if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout):
+            return
+        if self.local_epoch > epoch:
+            self._continue_from_swarm_state()
+
+    def _start_round(self) -> None:
+        self.outer.copy_to(self.params)
+        self.round_steps = self.round_samples = 0
+        self.round_started = time.monotonic()
+        with self.tracker.pause_updates():
+            self.tracker.update_epoch(self.local_epoch)
+
+    def _step_scheduler_to(self, epoch: int) -> None:
+        """The recipe's schedule counts outer rounds here (global epochs in the standard mode)."""
+        if self.scheduler is None:
+            return
+        while self.scheduler.last_epoch < epoch:
+            self.scheduler.step()
+
+    def _back_off(self) -> None:
+        self._failed_downloads += 1
+        first, longest = RESYNC_BACKOFF
+        delay = min(longest, first * 2 ** (self._failed_downloads - 1)) * random.uniform(0.75, 1.25)
+        self._next_download = time.monotonic() + delay
+        if self._failed_downloads == 1:
+            logger.warning(f"no peer sent the outer state of epoch {self.tracker.global_epoch}; training on "
+                           f"from this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
+
+
+class OuterStateView:
+    """The part of hivemind's TrainingStateAverager that :class:`~crowdtrain.swarm.finish.RunFinisher` uses."""
+
+    def __init__(self, driver: DiLoCoOptimizer):
+        self._driver = driver
+
+    @property
+    def local_epoch(self) -> int:
+        return self._driver.local_epoch
+
+    def step(self, wait_for_delayed_updates: bool = True) -> None:
+        """Nothing is pending: outer rounds run in the foreground."""
+
+    def load_state_from_peers(self, timeout: Optional[float] = None) -> None:
+        self._driver.resync()
+
+    @property
+    def allow_state_sharing(self) -> bool:
+        return self._driver.averager.allow_state_sharing
+
+    @allow_state_sharing.setter
+    def allow_state_sharing(self, value: bool) -> None:
+        self._driver.averager.allow_state_sharing = value
+
+    @property
+    def state_sharing_priority(self) -> float:
+        return self._driver.averager.state_sharing_priority
+
+    @state_sharing_priority.setter
+    def state_sharing_priority(self, value: float) -> None:
+        self._driver.averager.state_sharing_priority = value

@@ -1,0 +1,92 @@
+"""The DiLoCo outer step, error feedback and run configuration, against hand-computed values."""
+import json
+
+import pytest
+import torch
+
+from crowdtrain.averaging.compression import ErrorFeedback, delta_compression, round_trip
+from crowdtrain.averaging.outer import OuterOptimizer
+from crowdtrain.config import DiLoCoConfig, RunConfig
+from crowdtrain.errors import RunConfigError
+
+
+def test_nesterov_outer_steps_match_hand_computed_values():
+    outer = OuterOptimizer([torch.tensor([1.0, -2.0])], lr=0.5, momentum=0.9, nesterov=True)
+    # step 1, g = [0.2, -0.4]: m = g = [0.2, -0.4]; update = g + 0.9 m = [0.38, -0.76]; θ = θ - 0.5 update
+    outer.step([torch.tensor([0.2, -0.4])])
+    torch.testing.assert_close(outer.momentum_buffers[0], torch.tensor([0.2, -0.4]))
+    torch.testing.assert_close(outer.start[0], torch.tensor([0.81, -1.62]))
+    # step 2, g = [0.1, 0.0]: m = 0.9 [0.2, -0.4] + g = [0.28, -0.36]; update = g + 0.9 m = [0.352, -0.324]
+    outer.step([torch.tensor([0.1, 0.0])])
+    torch.testing.assert_close(outer.momentum_buffers[0], torch.tensor([0.28, -0.36]))
+    torch.testing.assert_close(outer.start[0], torch.tensor([0.634, -1.458]))
+    assert outer.epoch == 2
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_outer_step_equals_torch_sgd(nesterov):
+    torch.manual_seed(0)
+    initial = torch.randn(5, 3)
+    reference = torch.nn.Parameter(initial.clone())
+    sgd = torch.optim.SGD([reference], lr=0.7, momentum=0.9, nesterov=nesterov)
+    outer = OuterOptimizer([initial], lr=0.7, momentum=0.9, nesterov=nesterov)
+    for _ in range(4):
+        grad = torch.randn(5, 3)
+        reference.grad = grad.clone()
+        sgd.step()
+        outer.step([grad])
+    torch.testing.assert_close(outer.start[0], reference.detach())
+
+
+def test_pseudo_gradient_and_reset_to_round_start():
+    model = torch.nn.Linear(2, 1)
+    params = list(model.parameters())
+    outer = OuterOptimizer(params, lr=1.0, momentum=0.0, nesterov=False)
+    start = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.sub_(0.25)
+    for delta in outer.pseudo_gradient(params):
+        torch.testing.assert_close(delta, torch.full_like(delta, 0.25))
+    outer.step(outer.pseudo_gradient(params))  # lr 1, no momentum: θ₀ moves to where the peer went
+    outer.copy_to(params)
+    for p, s in zip(params, start):
+        torch.testing.assert_close(p.detach(), s - 0.25)
+
+
+def test_state_round_trip_and_rejection():
+    source = OuterOptimizer([torch.ones(3)], lr=0.1, momentum=0.9, nesterov=True)
+    source.step([torch.full((3,), 2.0)])
+    target = OuterOptimizer([torch.zeros(3)], lr=0.1, momentum=0.9, nesterov=True)
+    target.load_state(source.state_tensors(), source.epoch)
+    assert target.epoch == 1 and target.fingerprint() == source.fingerprint()
+    torch.testing.assert_close(target.momentum_buffers[0], source.momentum_buffers[0])
+    with pytest.raises(ValueError):
+        target.load_state([torch.zeros(4), torch.zeros(4)], 2)
+    with pytest.raises(ValueError):
+        target.load_state([torch.full((3,), float("nan")), torch.zeros(3)], 2)
+
+
+def test_error_feedback_carries_the_compression_error():
+    torch.manual_seed(0)
+    feedback = ErrorFeedback(delta_compression("fp16"))
+    delta = torch.randn(1000) * 1e-3 + 1e-7
+    first = feedback.compensate([delta])[0]
+    torch.testing.assert_close(first, delta)
+    residual = delta - round_trip(delta, delta_compression("fp16"))
+    assert residual.abs().max() > 0
+    second = feedback.compensate([delta])[0]
+    torch.testing.assert_close(second, delta + residual)
+
+
+def test_run_config_mode_round_trips_and_is_validated():
+    base = dict(run_id="run-0123456789abcdef", recipe="albert-tiny", hparams={}, dataset={"kind": "builtin"},
+                assets_sha256="0" * 64, assets_size=0, assets_chunks=[], target_batch_size=32)
+    run = RunConfig(**base, mode="diloco", diloco=DiLoCoConfig(inner_steps=7, compression="8bit"))
+    parsed = RunConfig.from_dict(json.loads(run.to_json()))
+    assert parsed.mode == "diloco" and parsed.diloco == run.diloco
+    assert RunConfig.from_dict(base).mode == "standard"
+    with pytest.raises(RunConfigError, match="mode"):
+        RunConfig.from_dict({**base, "mode": "async"})
+    with pytest.raises(RunConfigError, match="diloco.compression"):
+        RunConfig.from_dict({**base, "diloco": {"compression": "4bit"}})
