@@ -6,7 +6,11 @@ import importlib
 from crowdtrain.errors import CrowdtrainError, ExitCode
 from crowdtrain.trainers.base import Recipe
 
-RECIPES: dict[str, str] = {"albert-tiny": "crowdtrain.trainers.albert:AlbertTiny"}
+RECIPES: dict[str, str] = {
+    "albert-tiny": "crowdtrain.trainers.albert:AlbertTiny",
+    "albert-base": "crowdtrain.trainers.albert:AlbertBase",
+    "albert-large": "crowdtrain.trainers.albert:AlbertLarge",
+}
 
 
 class UnknownRecipeError(CrowdtrainError):
