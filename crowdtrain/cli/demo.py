@@ -14,6 +14,7 @@ from crowdtrain.swarm.progress import ProgressLine
 from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import format_summary, load_reports, plot_summary, summarize
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
+from crowdtrain.trainers.registry import RECIPES
 
 HELP = "run a coordinator and volunteers of different speeds on this machine"
 logger = logging.getLogger("crowdtrain.demo")
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
                         help="number of volunteers (speeds cycle fast / medium / slow)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
+    parser.add_argument("--recipe", default=DemoConfig.recipe,
+                        help=f"what to train (default {DemoConfig.recipe}; e.g. swav-tiny)")
     parser.add_argument("--out-dir", type=Path, default=Path("demo-out"), help="logs, reports and plot go here")
     parser.add_argument("--json", type=Path, default=None, dest="json_path", help="write the summary as JSON")
     parser.add_argument("--plot", type=Path, default=None, dest="plot_path",
@@ -37,8 +40,11 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         VolunteerProfile(name=f"{p.name}{i // len(DEFAULT_DEMO_PROFILES) or ''}", batch_size=p.batch_size,
                          throttle=p.throttle)
         for i, p in ((i, DEFAULT_DEMO_PROFILES[i % len(DEFAULT_DEMO_PROFILES)]) for i in range(args.volunteers)))
+    if args.recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
     return DemoConfig(duration=args.duration, out_dir=args.out_dir, json_path=args.json_path,
-                      plot_path=args.plot_path, target_batch_size=args.target_batch_size, profiles=profiles)
+                      plot_path=args.plot_path, recipe=args.recipe, target_batch_size=args.target_batch_size,
+                      profiles=profiles)
 
 
 def _coordinator_args(config: DemoConfig) -> list[str]:
