@@ -273,6 +273,7 @@ def train_albert(recipe: AlbertTiny, steps: int, shard_seed: int = 7) -> tuple[t
     return model, losses
 
 
+@pytest.mark.timeout(900)
 def test_albert_tiny_learns_beyond_unigram_frequencies(recipe: AlbertTiny, torch_threads):
     """Controls measured in the same run: the same model at random initialisation, and the accuracy of
     always predicting the most frequent training token (what a model that ignores context reaches)."""

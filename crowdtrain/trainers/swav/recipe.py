@@ -197,15 +197,19 @@ class SwavRecipe(Recipe):
 
 
 class SwavTiny(SwavRecipe):
-    """A 4-stage basic-block ResNet of widths 16..128 (~0.7 M parameters) on 32-pixel images."""
+    """A 4-stage basic-block ResNet of widths 16..128 (0.35 M parameters) on 32-pixel images.
+
+    More prototypes than embedding dimensions: with fewer (30 prototypes for 64 dimensions, or 10 for
+    16) we measured the embeddings moving into the prototypes' orthogonal complement, where every
+    score is 0 and the loss sits at log(prototypes)."""
 
     name = "swav-tiny"
     size_hparams = {
         "block": "basic", "layers": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "small_input": True,
         "image_size": 32, "large_crop_size": 28, "large_crop_scale": [0.4, 1.0],
         "small_crops": 4, "small_crop_size": 14, "small_crop_scale": [0.1, 0.4], "flip": False,
-        "hidden_dim": 256, "output_dim": 64, "prototypes": 30, "queue_length": 0,
-        "freeze_prototypes_steps": 20, "lr": 1.0, "trust_coefficient": 0.02,
+        "hidden_dim": 256, "output_dim": 32, "prototypes": 64, "queue_length": 0,
+        "freeze_prototypes_steps": 20, "lr": 0.3, "trust_coefficient": 0.02,
         "warmup_epochs": 2, "decay_epochs": 2000,
     }
 
