@@ -254,7 +254,7 @@ class AlbertTiny(AlbertRecipe):
     size_hparams = {
         "vocab_size": 4096, "seq_len": 64, "embedding_size": 128, "hidden_size": 128,
         "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 512,
-        "lr": 5e-3, "warmup_epochs": 2, "decay_epochs": 2000,
+        "lr": 1e-2, "warmup_epochs": 1, "decay_epochs": 2000,
     }
 
 
