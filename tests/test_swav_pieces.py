@@ -156,3 +156,22 @@ def test_hard_digits_defeat_raw_pixels_and_are_fixed_by_seed():
 def test_bad_image_specs(spec, message):
     with pytest.raises(ValueError, match=message):
         open_images(spec, 32)
+
+
+def test_image_folder_in_imagenet_layout(tmp_path):
+    from PIL import Image
+
+    for label, colour in (("cats", (200, 30, 30)), ("dogs", (30, 30, 200))):
+        (tmp_path / label).mkdir()
+        for index in range(30):
+            Image.new("RGB", (40 + index, 30), colour).save(tmp_path / label / f"{index}.png")
+    (tmp_path / "cats" / "notes.txt").write_text("not an image")
+    images = open_images({"kind": "image-folder", "path": str(tmp_path)}, 16)
+    assert len(images.files) == 60 and sorted(set(images.labels)) == [0, 1]
+    sets = images.knn_sets()
+    assert sets.bank.shape[1:] == (3, 16, 16) and len(sets.bank) + len(sets.queries) == 60 and len(sets.queries) > 0
+    assert knn_accuracy(sets.bank, sets.bank_labels, sets.queries, sets.query_labels, k=5) == 1.0
+    import itertools
+    import random
+    first = list(itertools.islice(images.stream(random.Random(0), torch.Generator()), 3))
+    assert all(image.shape == (3, 16, 16) and 0 <= float(image.min()) <= float(image.max()) <= 1 for image in first)

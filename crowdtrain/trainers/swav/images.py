@@ -58,6 +58,8 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
     unknown = set(spec) - _SPEC_KEYS[kind]
     if unknown:
         raise ValueError(f"dataset spec of kind {kind!r} has unknown keys: {', '.join(sorted(unknown))}")
+    if kind == IMAGE_FOLDER and not (isinstance(spec.get("path"), str) and os.path.isdir(spec["path"])):
+        raise ValueError(f"image-folder dataset: 'path' must be an existing directory, got {spec.get('path')!r}")
 
 
 def open_images(spec: Mapping[str, Any], image_size: int) -> "DigitImages | FolderImages":
@@ -157,9 +159,7 @@ class FolderImages:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], image_size: int) -> "FolderImages":
-        root = spec.get("path")
-        if not isinstance(root, str) or not os.path.isdir(root):
-            raise ValueError(f"image-folder dataset: 'path' must be an existing directory, got {root!r}")
+        root = spec["path"]  # checked by validate_spec
         max_images = spec.get("max_images", 1_000_000)
         if not isinstance(max_images, int) or isinstance(max_images, bool) or max_images <= 0:
             raise ValueError(f"image-folder dataset: max_images must be a positive integer, got {max_images!r}")
