@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
                                    network_from_args, setup_logging, timeouts_from_args)
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="only volunteers invited with 'crowdtrain invite' may publish records or average")
     run.add_argument("--aggregator", choices=AGGREGATORS, default=IntegrityConfig.aggregator,
                      help="how peers combine gradients: robust to faulty or hostile peers, or the plain mean")
+    run.add_argument("--dataset", default=None, metavar="JSON",
+                     help='dataset spec, e.g. \'{"kind": "text-files", "paths": ["books/"]}\' (default: the recipe\'s built-in data)')
     run.add_argument("--run-dir", type=Path, default=None,
                      help="where the run's configuration and assets are kept (default: user data dir)")
     keeper = parser.add_argument_group("state keeper and checkpoints")
@@ -96,6 +99,19 @@ def parse_hparams(items: list[str]) -> dict:
     return hparams
 
 
+def parse_dataset(value) -> Optional[dict]:
+    """A dataset spec from a JSON string (flag) or a table (config file); None for the default."""
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        spec = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--dataset is not valid JSON: {e}") from None
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise UsageError('--dataset must be a JSON object with a "kind", e.g. {"kind": "text-files", "paths": ["a.txt"]}')
+    return spec
+
+
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     identity_path = args.identity
     try:
@@ -103,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             network=network_from_args(args, args.initial_peers, identity_path),
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), integrity=IntegrityConfig(aggregator=args.aggregator),
-            hparams=parse_hparams(args.hparam), run_dir=args.run_dir,
+            hparams=parse_hparams(args.hparam), dataset=parse_dataset(args.dataset), run_dir=args.run_dir,
             log_interval=args.log_interval, mode=args.mode, diloco=diloco_from_args(args),
             dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None,
             private=args.private, keeper=KeeperConfig(

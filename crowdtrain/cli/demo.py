@@ -14,6 +14,7 @@ from crowdtrain.swarm.progress import ProgressLine
 from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import format_summary, load_reports, plot_summary, summarize
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
+from crowdtrain.trainers.registry import RECIPES
 
 HELP = "run a coordinator and volunteers of different speeds on this machine"
 logger = logging.getLogger("crowdtrain.demo")
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
                         help="number of volunteers (speeds cycle fast / medium / slow)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
+    parser.add_argument("--recipe", default=DemoConfig.recipe,
+                        help=f"what to train (default {DemoConfig.recipe}; e.g. swav-tiny)")
     parser.add_argument("--mode", choices=RUN_MODES, default="standard", help="run mode (see coordinator --help)")
     parser.add_argument("--inner-steps", type=int, default=DemoConfig.inner_steps,
                         help="diloco: inner steps per peer per round")
@@ -40,9 +43,11 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         VolunteerProfile(name=f"{p.name}{i // len(DEFAULT_DEMO_PROFILES) or ''}", batch_size=p.batch_size,
                          throttle=p.throttle)
         for i, p in ((i, DEFAULT_DEMO_PROFILES[i % len(DEFAULT_DEMO_PROFILES)]) for i in range(args.volunteers)))
+    if args.recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
     return DemoConfig(duration=args.duration, out_dir=args.out_dir, json_path=args.json_path,
-                      plot_path=args.plot_path, target_batch_size=args.target_batch_size, profiles=profiles,
-                      mode=args.mode, inner_steps=args.inner_steps)
+                      plot_path=args.plot_path, recipe=args.recipe, target_batch_size=args.target_batch_size,
+                      profiles=profiles, mode=args.mode, inner_steps=args.inner_steps)
 
 
 def _coordinator_args(config: DemoConfig) -> list[str]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
@@ -17,6 +17,8 @@ class EvalResult:
 
     metric: str
     value: float
+    extra: Mapping[str, float] = field(default_factory=dict)
+    "Further scores of the same evaluation (e.g. ALBERT's sentence-order accuracy), by name."
 
 
 class Recipe(ABC):

@@ -6,7 +6,14 @@ import importlib
 from crowdtrain.errors import CrowdtrainError, ExitCode
 from crowdtrain.trainers.base import Recipe
 
-RECIPES: dict[str, str] = {"albert-tiny": "crowdtrain.trainers.albert:AlbertTiny"}
+RECIPES: dict[str, str] = {
+    "albert-tiny": "crowdtrain.trainers.albert:AlbertTiny",
+    "albert-base": "crowdtrain.trainers.albert:AlbertBase",
+    "albert-large": "crowdtrain.trainers.albert:AlbertLarge",
+    "swav-tiny": "crowdtrain.trainers.swav.recipe:SwavTiny",
+    "swav-resnet18": "crowdtrain.trainers.swav.recipe:SwavResNet18",
+    "swav-resnet50": "crowdtrain.trainers.swav.recipe:SwavResNet50",
+}
 
 
 class UnknownRecipeError(CrowdtrainError):

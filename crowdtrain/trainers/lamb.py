@@ -1,0 +1,74 @@
+"""LAMB: layer-wise adaptive moments for large-batch training (You et al., 2019, Algorithm 2).
+
+For every parameter tensor ``w`` with gradient ``g`` at step ``t``::
+
+    m = beta1 * m + (1 - beta1) * g              v = beta2 * v + (1 - beta2) * g**2
+    m_hat = m / (1 - beta1**t)                   v_hat = v / (1 - beta2**t)
+    r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w
+    w = w - lr * phi(||w||) / ||r|| * r         with phi the identity
+
+The trust ratio ``||w|| / ||r||`` is taken as 1 when either norm is zero (fresh zero-initialised
+tensors such as biases), as in the reference implementations. With ``exclude_vectors`` (the default),
+one-dimensional tensors (biases and layer-norm gains) get neither weight decay nor the trust ratio,
+as ALBERT's optimizer excludes them by name; the test is by shape because hivemind hands the
+optimizer one unnamed parameter group.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB with bias-corrected moments and decoupled weight decay inside the trust ratio."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, exclude_vectors: bool = True):
+        if not lr > 0:
+            raise ValueError(f"LAMB learning rate must be positive, got {lr!r}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"LAMB betas must lie in [0, 1), got {betas!r}")
+        if not eps > 0 or weight_decay < 0:
+            raise ValueError(f"LAMB needs eps > 0 and weight_decay >= 0, got {eps!r}, {weight_decay!r}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 exclude_vectors=exclude_vectors))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                self._update(param, group, beta1, beta2)
+        return loss
+
+    def _update(self, param: torch.Tensor, group: dict, beta1: float, beta2: float) -> None:
+        grad = param.grad.float()
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.tensor(0.0)  # a tensor, as in torch's Adam, so that state dicts load alike
+            state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32)
+        state["step"] += 1
+        step, exp_avg, exp_avg_sq = float(state["step"]), state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m_hat = exp_avg / (1 - beta1 ** step)
+        v_hat = exp_avg_sq / (1 - beta2 ** step)
+        weights = param.float()
+        adapt = not (group["exclude_vectors"] and param.ndim <= 1)
+        update = m_hat / (v_hat.sqrt() + group["eps"])
+        if adapt:
+            update = update + group["weight_decay"] * weights
+        trust = 1.0
+        if adapt:
+            weight_norm, update_norm = float(weights.norm()), float(update.norm())
+            if weight_norm > 0 and update_norm > 0:
+                trust = weight_norm / update_norm
+        param.add_((-group["lr"] * trust * update).to(param.dtype))
