@@ -27,6 +27,7 @@ ROLES = ("full", "client", "aux")
 MAX_CLOCK_SKEW = 60.0
 MAX_SAMPLES = 10**13
 MAX_SAMPLES_PER_SECOND = 10**7
+MAX_LINK_MBPS = 10**6
 # Commands reach hivemind's DHT process through an os.pipe read without a lock or blocking:
 # only writes below PIPE_BUF (4096 bytes, pickling overhead included) are atomic there.
 ASSET_CHUNK_BYTES = 3 * 1024
@@ -79,6 +80,8 @@ class _PeerSchema(BaseModel):
     device: constr(strict=True, max_length=64)
     finished: StrictBool
     time: StrictFloat
+    upload_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
+    download_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
 
 
 class _RunSchema(BaseModel):
@@ -131,10 +134,15 @@ class PeerRecord:
     finished: bool
     "The run reached max_epochs and this peer holds the final state: it only serves it now."
     time: float
+    upload_mbps: Optional[float] = None
+    "This peer's upload bandwidth measured against other peers (Mbit/s); None if not measured."
+    download_mbps: Optional[float] = None
 
     def to_value(self) -> dict[str, Any]:
         value = asdict(self)
         value["samples_per_second"] = float(self.samples_per_second)
+        for name in ("upload_mbps", "download_mbps"):
+            value[name] = None if value[name] is None else float(value[name])
         value["loss"] = None if self.loss is None else float(self.loss)
         value["time"] = float(self.time)
         return value
