@@ -2,8 +2,10 @@
 import pytest
 
 from crowdtrain.averaging.groups import GroupPolicy, plan_groups
-from crowdtrain.averaging.timeouts import MeasuredLink, TimeoutBounds, adapt_timeouts
+from crowdtrain.averaging.link_aware import plan_averaging
+from crowdtrain.averaging.timeouts import TimeoutBounds, adapt_timeouts
 from crowdtrain.config import Timeouts
+from crowdtrain.peers.bandwidth import LinkMeasurement
 
 MB = 1024 * 1024
 
@@ -42,11 +44,11 @@ DEFAULTS = Timeouts(matchmaking_time=3.0, averaging_timeout=30.0, load_state_tim
 
 
 def test_unmeasured_links_keep_the_run_defaults():
-    assert adapt_timeouts(DEFAULTS, MeasuredLink(None, None, None), 100 * MB, 4) == DEFAULTS
+    assert adapt_timeouts(DEFAULTS, LinkMeasurement(), 100 * MB, 4) == DEFAULTS
 
 
 def test_slow_links_and_big_models_stretch_timeouts_up_to_the_bound():
-    slow = adapt_timeouts(DEFAULTS, MeasuredLink(upload_mbps=5.0, download_mbps=20.0, rtt_ms=300.0), 40 * MB, 4)
+    slow = adapt_timeouts(DEFAULTS, LinkMeasurement(upload_mbps=5.0, download_mbps=20.0, rtt_ms=300.0), 40 * MB, 4)
     # 2·3/4·40 MB at 5 Mbit/s = 50 s, +4 RTT; × 3 safety = 154 s, above 4 × 30 s: clamped
     assert slow.averaging_timeout == pytest.approx(120.0)
     assert slow.load_state_timeout == pytest.approx(3 * 40 * MB * 8 / 20e6)
@@ -55,7 +57,7 @@ def test_slow_links_and_big_models_stretch_timeouts_up_to_the_bound():
 
 
 def test_fast_links_shorten_timeouts_down_to_the_bound():
-    fast = adapt_timeouts(DEFAULTS, MeasuredLink(upload_mbps=1000.0, download_mbps=1000.0, rtt_ms=1.0), MB, 2)
+    fast = adapt_timeouts(DEFAULTS, LinkMeasurement(upload_mbps=1000.0, download_mbps=1000.0, rtt_ms=1.0), MB, 2)
     assert fast == Timeouts(matchmaking_time=1.5, averaging_timeout=15.0, load_state_timeout=30.0,
                             request_timeout=0.5, next_chunk_timeout=5.0)
 
@@ -63,3 +65,15 @@ def test_fast_links_shorten_timeouts_down_to_the_bound():
 def test_bounds_validate():
     with pytest.raises(ValueError):
         TimeoutBounds(lower=2.0)
+
+
+def test_the_share_follows_the_tighter_direction_and_groups_count_this_peer():
+    plan = plan_averaging(DEFAULTS, LinkMeasurement(upload_mbps=5.0, download_mbps=50.0, rtt_ms=100.0),
+                          others_upload_mbps=[20.0, None, 0.0], model_bytes=100 * MB)
+    assert plan.averager_opts() == {"bandwidth": 5.0, "target_group_size": 4, "min_group_size": 2}
+    assert plan.timeouts.averaging_timeout > DEFAULTS.averaging_timeout
+
+
+def test_an_unmeasured_peer_leaves_its_share_to_hivemind():
+    plan = plan_averaging(DEFAULTS, LinkMeasurement(), others_upload_mbps=[], model_bytes=MB)
+    assert plan.bandwidth_mbps is None and plan.timeouts == DEFAULTS

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from crowdtrain.config import Timeouts
+from crowdtrain.peers.bandwidth import LinkMeasurement
 
 PART_BYTES = 512 * 1024  # hivemind's all-reduce part size (part_size_bytes)
 
@@ -31,13 +32,6 @@ class TimeoutBounds:
             raise ValueError(f"TimeoutBounds.safety must be >= 1, got {self.safety}")
 
 
-@dataclass(frozen=True)
-class MeasuredLink:
-    upload_mbps: Optional[float]
-    download_mbps: Optional[float]
-    rtt_ms: Optional[float]
-
-
 def _clamp(expected: Optional[float], default: float, bounds: TimeoutBounds) -> float:
     if expected is None:
         return default
@@ -48,7 +42,7 @@ def _seconds(size_bytes: float, mbps: Optional[float]) -> Optional[float]:
     return None if not mbps else size_bytes * 8 / (mbps * 1e6)
 
 
-def adapt_timeouts(defaults: Timeouts, link: MeasuredLink, model_bytes: int, group_size: int,
+def adapt_timeouts(defaults: Timeouts, link: LinkMeasurement, model_bytes: int, group_size: int,
                    bounds: TimeoutBounds = TimeoutBounds()) -> Timeouts:
     """This peer's timeouts; the run's defaults where a measurement is missing."""
     rtt = None if link.rtt_ms is None else link.rtt_ms / 1000

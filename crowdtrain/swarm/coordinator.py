@@ -23,6 +23,7 @@ from crowdtrain.dht.reachability import serve_dialback
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
 from crowdtrain.errors import UsageError
+from crowdtrain.peers.bandwidth import serve_bandwidth_probe
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.status import swarm_status
 from crowdtrain.trainers import get_recipe
@@ -126,6 +127,7 @@ def run_coordinator(
         dht.add_validators([run_validator(run.run_id)])
         if not config.network.client_mode:
             serve_dialback(dht)
+            serve_bandwidth_probe(dht)
         records = RunRecords.create(run, chunks, identity)
         if not publish_run_records(dht, identity, records):
             logger.warning("some run records were not stored yet; retrying at the next republish")

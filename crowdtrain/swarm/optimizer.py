@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Optional
 
 import hivemind
 import torch
 
+from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
 from crowdtrain.trainers.base import Recipe
@@ -59,6 +61,7 @@ def build_swarm_optimizer(
     model: torch.nn.Module,
     batch_size: int,
     client_mode: bool,
+    averaging: Optional[AveragingPlan] = None,
 ) -> hivemind.Optimizer:
     """One optimizer step per global epoch, when the swarm has accumulated the run's target batch.
 
@@ -68,8 +71,11 @@ def build_swarm_optimizer(
     rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
     (``delay_state_averaging``, hivemind's default) still overlaps with compute.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
+    ``averaging`` (from measurements) sets this peer's share, group sizes and timeouts; without it,
+    equal shares, hivemind's group sizes and the run's timeouts.
     """
-    timeouts = run.timeouts
+    timeouts = run.timeouts if averaging is None else averaging.timeouts
+    measured_opts = {} if averaging is None else averaging.averager_opts()
     return SwarmOptimizer(
         dht=dht,
         run_id=run.run_id,
@@ -85,7 +91,8 @@ def build_swarm_optimizer(
         delay_optimizer_step=False,
         delay_grad_averaging=False,
         client_mode=client_mode,
-        averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD},
+        averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
+                       **measured_opts},
         tracker_opts={"private_key": identity.private_key},
         verbose=False,
     )

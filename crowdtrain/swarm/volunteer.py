@@ -14,12 +14,14 @@ import hivemind
 import torch
 from hivemind.utils import get_dht_time
 
+from crowdtrain.averaging.link_aware import AveragingPlan, plan_averaging
 from crowdtrain.config import VolunteerConfig
 from crowdtrain.errors import RunConfigError
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_run_records, read_peers
 from crowdtrain.dht.reachability import Reachability, check_reachability, serve_dialback
 from crowdtrain.dht.records import PeerRecord
+from crowdtrain.peers.bandwidth import LinkMeasurement, measure_link, serve_bandwidth_probe
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
 from crowdtrain.swarm.device import DeviceInfo, default_threads, describe, detect_device
@@ -33,6 +35,7 @@ from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
 logger = logging.getLogger(__name__)
 RUN_REPUBLISH_INTERVAL = 60.0  # well inside the run records' lifetime in the DHT
+LINK_PROBE_PEERS = 2  # measure against this many peers and keep the fastest figures
 MAX_SHOWN_ETA = 86400.0  # hivemind's estimate of the next round is effectively infinite when no one else trains
 
 
@@ -107,6 +110,7 @@ class Volunteer:
         self.address = ""
         self.batch_size = config.batch_size or 0
         self.shard_seed = int.from_bytes(identity.peer_id.to_bytes()[-8:], "big")
+        self.link = LinkMeasurement()
 
     def run(self, stop: threading.Event, on_joined: Callable[[JoinPlan], None],
             on_progress: Callable[[VolunteerStatus], None], after_hivemind_started: Callable[[], None]) -> VolunteerReport:
@@ -128,7 +132,8 @@ class Volunteer:
                 self._evaluate(recipe, model, start=True)
             optimizer = build_swarm_optimizer(
                 dht=dht, identity=self.identity, run=joined.config, recipe=recipe, model=model,
-                batch_size=self.batch_size, client_mode=self.client_mode)
+                batch_size=self.batch_size, client_mode=self.client_mode,
+                averaging=self._plan_averaging(dht, joined, model))
             after_hivemind_started()
             self._train(joined, recipe, model, optimizer, dht, stop, on_progress)
             optimizer.state_averager.step(wait_for_delayed_updates=True)  # the last update lands before export
@@ -152,6 +157,7 @@ class Volunteer:
         if network.client_mode:
             return dht
         serve_dialback(dht)
+        serve_bandwidth_probe(dht)
         if not self.config.check_reachability or not network.initial_peers:
             return dht
         reachability = check_reachability(dht, network.initial_peers, visible_addresses(dht))
@@ -185,6 +191,18 @@ class Volunteer:
             samples_per_second=samples_per_second / (1 + self.config.throttle),
             target_batch_size=run.target_batch_size, peers_online=len(others),
             upload_bytes_per_round=upload_per_round(parameters, len(others) + 1, self.client_mode))
+
+    def _plan_averaging(self, dht: hivemind.DHT, joined: JoinedRun, model: torch.nn.Module) -> AveragingPlan:
+        """Measure this peer's link against live peers; plan its share, groups and timeouts from it."""
+        others = [r for r in read_peers(dht, joined.config.run_id).records
+                  if r.peer_id != str(self.identity.peer_id) and r.address]
+        initial = [a.rsplit("/p2p/", 1)[-1] for a in self.config.network.initial_peers if "/p2p/" in a]
+        candidates = list(dict.fromkeys(initial + [r.peer_id for r in others]))[:LINK_PROBE_PEERS]
+        self.link = measure_link(dht, candidates)
+        logger.info(f"measured link: upload {self.link.upload_mbps} Mbit/s, download {self.link.download_mbps} "
+                    f"Mbit/s, rtt {self.link.rtt_ms} ms")
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        return plan_averaging(joined.config.timeouts, self.link, [r.upload_mbps for r in others], model_bytes)
 
     def _limit_reached(self, samples: int, started: float) -> str:
         if self.config.max_samples and samples >= self.config.max_samples:
@@ -236,7 +254,8 @@ class Volunteer:
         return PeerRecord(peer_id=str(self.identity.peer_id), name=self.config.name, role=self.role,
                           address=self.address, samples=stats.samples, samples_per_second=stats.samples_per_second,
                           loss=stats.recent_loss, epoch=optimizer.local_epoch, device=str(self.device),
-                          finished=finish_state.finished, time=time.time())
+                          finished=finish_state.finished, time=time.time(),
+                          upload_mbps=self.link.upload_mbps, download_mbps=self.link.download_mbps)
 
     def _finish_report(self, loop: TrainingLoop, epoch: int) -> None:
         stats = loop.stats
