@@ -1,6 +1,8 @@
 """Adaptive group sizes and per-peer timeouts: pure functions of the measured swarm."""
 import pytest
+from hivemind.compression import Float16Compression, NoCompression, Quantile8BitQuantization
 
+from crowdtrain.averaging.compression import CompressionPolicy, choose_compression
 from crowdtrain.averaging.groups import GroupPolicy, plan_groups
 from crowdtrain.averaging.link_aware import plan_averaging
 from crowdtrain.averaging.timeouts import TimeoutBounds, adapt_timeouts
@@ -77,3 +79,14 @@ def test_the_share_follows_the_tighter_direction_and_groups_count_this_peer():
 def test_an_unmeasured_peer_leaves_its_share_to_hivemind():
     plan = plan_averaging(DEFAULTS, LinkMeasurement(), others_upload_mbps=[], model_bytes=MB)
     assert plan.bandwidth_mbps is None and plan.timeouts == DEFAULTS
+
+
+@pytest.mark.parametrize("upload, kind", [(None, NoCompression), (500.0, NoCompression), (50.0, Float16Compression),
+                                          (5.0, Quantile8BitQuantization)])
+def test_compression_follows_the_uplink(upload, kind):
+    assert type(choose_compression(upload)) is kind
+
+
+def test_compression_policy_validates():
+    with pytest.raises(ValueError):
+        CompressionPolicy(fp16_below_mbps=10.0, int8_below_mbps=20.0)

@@ -1,6 +1,6 @@
 """Everything this peer's averagers take from measurements: its share, the group sizes, its timeouts.
 
-The share of the all-reduce follows the link (hivemind's ``bandwidth`` argument, fed to DeDLOC's LP in
+Its compression follows its upload (:mod:`crowdtrain.averaging.compression`). The share of the all-reduce follows the link (hivemind's ``bandwidth`` argument, fed to DeDLOC's LP in
 ``load_balance_peers``). A butterfly aggregator both receives and sends its part to every groupmate,
 so the tighter of its two directions bounds it: ``min(upload, download)``, the upload on home links.
 """
@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from hivemind.compression import CompressionBase
+
+from crowdtrain.averaging.compression import CompressionPolicy, choose_compression
 from crowdtrain.averaging.groups import GroupPlan, GroupPolicy, plan_groups
 from crowdtrain.averaging.timeouts import TimeoutBounds, adapt_timeouts
 from crowdtrain.config import Timeouts
@@ -21,6 +24,8 @@ class AveragingPlan:
     "Passed to hivemind as this peer's bandwidth; None: unmeasured (hivemind assumes the group's mean)."
     groups: GroupPlan
     timeouts: Timeouts
+    compression: CompressionBase
+    "What this peer sends in gradient all-reduce (parameters are averaged losslessly)."
 
     def averager_opts(self) -> dict[str, Any]:
         """Keyword arguments for both of hivemind.Optimizer's averagers."""
@@ -35,9 +40,11 @@ def share_bandwidth(link: LinkMeasurement) -> Optional[float]:
 
 def plan_averaging(defaults: Timeouts, link: LinkMeasurement, others_upload_mbps: Sequence[Optional[float]],
                    model_bytes: int, group_policy: GroupPolicy = GroupPolicy(),
-                   timeout_bounds: TimeoutBounds = TimeoutBounds()) -> AveragingPlan:
+                   timeout_bounds: TimeoutBounds = TimeoutBounds(),
+                   compression_policy: CompressionPolicy = CompressionPolicy()) -> AveragingPlan:
     """This peer's plan from its own link and the uploads other peers published."""
     own = share_bandwidth(link)
     groups = plan_groups([own, *others_upload_mbps], model_bytes, group_policy)
     timeouts = adapt_timeouts(defaults, link, model_bytes, groups.target_group_size, timeout_bounds)
-    return AveragingPlan(bandwidth_mbps=own, groups=groups, timeouts=timeouts)
+    return AveragingPlan(bandwidth_mbps=own, groups=groups, timeouts=timeouts,
+                         compression=choose_compression(link.upload_mbps, compression_policy))
