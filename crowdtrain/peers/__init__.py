@@ -2,6 +2,8 @@
 
 - ``identity.py``: :class:`Identity`, one key file holding a peer's libp2p identity and the key that
   signs its DHT records (the same RSA key, in libp2p's protobuf format, so p2pd reads it directly).
+- ``bandwidth.py``: the link probe: :func:`serve_bandwidth_probe`, :func:`measure_link` (upload,
+  download, RTT against other peers).
 """
 from crowdtrain.peers.identity import Identity, IdentityError
 

@@ -199,7 +199,7 @@ class Volunteer:
         initial = [a.rsplit("/p2p/", 1)[-1] for a in self.config.network.initial_peers if "/p2p/" in a]
         candidates = list(dict.fromkeys(initial + [r.peer_id for r in others]))[:LINK_PROBE_PEERS]
         self.link = measure_link(dht, candidates)
-        logger.info(f"measured link: upload {self.link.upload_mbps} Mbit/s, download {self.link.download_mbps} "
+        logger.debug(f"measured link: upload {self.link.upload_mbps} Mbit/s, download {self.link.download_mbps} "
                     f"Mbit/s, rtt {self.link.rtt_ms} ms")
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         return plan_averaging(joined.config.timeouts, self.link, [r.upload_mbps for r in others], model_bytes)
