@@ -58,10 +58,12 @@ def test_slow_links_and_big_models_stretch_timeouts_up_to_the_bound():
     assert slow.request_timeout < slow.matchmaking_time
 
 
-def test_fast_links_shorten_timeouts_down_to_the_bound():
-    fast = adapt_timeouts(DEFAULTS, LinkMeasurement(upload_mbps=1000.0, download_mbps=1000.0, rtt_ms=1.0), MB, 2)
-    assert fast == Timeouts(matchmaking_time=1.5, averaging_timeout=15.0, load_state_timeout=30.0,
-                            request_timeout=0.5, next_chunk_timeout=5.0)
+def test_fast_links_keep_the_defaults_unless_a_lower_bound_allows_shorter():
+    fast_link = LinkMeasurement(upload_mbps=1000.0, download_mbps=1000.0, rtt_ms=1.0)
+    assert adapt_timeouts(DEFAULTS, fast_link, MB, 2) == DEFAULTS
+    shorter = adapt_timeouts(DEFAULTS, fast_link, MB, 2, TimeoutBounds(lower=0.5))
+    assert shorter == Timeouts(matchmaking_time=1.5, averaging_timeout=15.0, load_state_timeout=30.0,
+                               request_timeout=0.5, next_chunk_timeout=5.0)
 
 
 def test_bounds_validate():

@@ -3,7 +3,7 @@
 A butterfly all-reduce of ``S`` bytes among ``g`` peers sends about ``2 (g - 1) / g * S`` bytes
 through this peer's upload, in a few round trips; each timeout is a safety multiple of the time its
 step should take here, clamped to ``[lower, upper] ×`` the run's default so that one bad measurement
-cannot make a peer give up at once or wait forever.
+cannot make a peer give up at once or wait forever; by default only slow links stretch them.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ PART_BYTES = 512 * 1024  # hivemind's all-reduce part size (part_size_bytes)
 
 @dataclass(frozen=True, kw_only=True)
 class TimeoutBounds:
-    lower: float = 0.5
-    "Never below this fraction of the run's default."
+    lower: float = 1.0
+    "Never below this fraction of the run's default (1: a peer with shorter timeouts only drops out first)."
     upper: float = 4.0
     "Never above this multiple of the run's default."
     safety: float = 3.0
