@@ -50,10 +50,10 @@ def test_unmeasured_links_keep_the_run_defaults():
 
 
 def test_slow_links_and_big_models_stretch_timeouts_up_to_the_bound():
-    slow = adapt_timeouts(DEFAULTS, LinkMeasurement(upload_mbps=5.0, download_mbps=20.0, rtt_ms=300.0), 40 * MB, 4)
-    # 2·3/4·40 MB at 5 Mbit/s = 50 s, +4 RTT; × 3 safety = 154 s, above 4 × 30 s: clamped
+    slow = adapt_timeouts(DEFAULTS, LinkMeasurement(upload_mbps=5.0, download_mbps=20.0, rtt_ms=300.0), 100 * MB, 4)
+    # 2·3/4·100 MB at 5 Mbit/s = 126 s, +4 RTT; × 3 safety, above 4 × 30 s: clamped
     assert slow.averaging_timeout == pytest.approx(120.0)
-    assert slow.load_state_timeout == pytest.approx(3 * 40 * MB * 8 / 20e6)
+    assert slow.load_state_timeout == pytest.approx(3 * 100 * MB * 8 / 20e6)
     assert slow.matchmaking_time == pytest.approx(3 * 4 * 0.3)
     assert slow.request_timeout < slow.matchmaking_time
 
