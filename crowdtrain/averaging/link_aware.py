@@ -25,7 +25,8 @@ class AveragingPlan:
     groups: GroupPlan
     timeouts: Timeouts
     compression: CompressionBase
-    "What this peer sends in gradient all-reduce (parameters are averaged losslessly)."
+    "What this peer would send in an all-reduce (used by the benchmark; training stays lossless, see
+    :func:`crowdtrain.swarm.optimizer.build_swarm_optimizer`)."
 
     def averager_opts(self) -> dict[str, Any]:
         """Keyword arguments for both of hivemind.Optimizer's averagers."""

@@ -71,8 +71,10 @@ def build_swarm_optimizer(
     rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
     (``delay_state_averaging``, hivemind's default) still overlaps with compute.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
-    ``averaging`` (from measurements) sets this peer's share, group sizes, timeouts and gradient
-    compression; without it, equal shares, hivemind's group sizes, the run's timeouts, no compression.
+    ``averaging`` (from measurements) sets this peer's share, group sizes and timeouts; without it,
+    equal shares, hivemind's group sizes and the run's timeouts. Its compression is not applied:
+    hivemind returns each sender its averaged part in the sender's own (lossy) compression, so peers
+    would end a round with different gradients and lose their bit-identical parameters.
     """
     timeouts = run.timeouts if averaging is None else averaging.timeouts
     measured_opts = {} if averaging is None else averaging.averager_opts()
@@ -88,7 +90,6 @@ def build_swarm_optimizer(
         averaging_timeout=timeouts.averaging_timeout,
         load_state_timeout=timeouts.load_state_timeout,
         next_chunk_timeout=timeouts.next_chunk_timeout,
-        **({} if averaging is None else {"grad_compression": averaging.compression}),
         delay_optimizer_step=False,
         delay_grad_averaging=False,
         client_mode=client_mode,
