@@ -25,8 +25,7 @@ class AveragingPlan:
     groups: GroupPlan
     timeouts: Timeouts
     compression: CompressionBase
-    "What this peer would send in an all-reduce (used by the benchmark; training stays lossless, see
-    :func:`crowdtrain.swarm.optimizer.build_swarm_optimizer`)."
+    "What this peer would send in an all-reduce (benchmarked; training stays lossless, see swarm/optimizer.py)."
 
     def averager_opts(self) -> dict[str, Any]:
         """Keyword arguments for both of hivemind.Optimizer's averagers."""
