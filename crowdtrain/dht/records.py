@@ -30,6 +30,7 @@ MAX_CLOCK_SKEW = 60.0
 MAX_SAMPLES = 10**13
 MAX_SAMPLES_PER_SECOND = 10**7
 MAX_ROUND_SECONDS = 86400.0
+MAX_LINK_MBPS = 10**6
 # Commands reach hivemind's DHT process through an os.pipe read without a lock or blocking:
 # only writes below PIPE_BUF (4096 bytes, pickling overhead included) are atomic there.
 ASSET_CHUNK_BYTES = 3 * 1024
@@ -108,6 +109,8 @@ class _IntegritySchema(BaseModel):
     strikes: Dict[_PeerIdStr, conint(strict=True, ge=0, le=MAX_SAMPLES)]
     banned: conlist(_PeerIdStr, max_items=MAX_OFFENDERS)
     time: StrictFloat
+    upload_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
+    download_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
 
 
 class _RunSchema(BaseModel):
@@ -173,10 +176,15 @@ class PeerRecord:
     eval_metric: str = ""
     eval_value: Optional[float] = None
     "This peer's latest held-out evaluation (``--evaluate``), of metric ``eval_metric``."
+    upload_mbps: Optional[float] = None
+    "This peer's upload bandwidth measured against other peers (Mbit/s); None if not measured."
+    download_mbps: Optional[float] = None
 
     def to_value(self) -> dict[str, Any]:
         value = asdict(self)
         value["samples_per_second"] = float(self.samples_per_second)
+        for name in ("upload_mbps", "download_mbps"):
+            value[name] = None if value[name] is None else float(value[name])
         value["loss"] = None if self.loss is None else float(self.loss)
         value["time"] = float(self.time)
         for key in ("round_seconds", "eval_value"):

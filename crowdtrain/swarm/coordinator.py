@@ -28,6 +28,7 @@ from crowdtrain.dht.reachability import serve_dialback
 from crowdtrain.dht.records import run_validator
 from crowdtrain.dht.signing import run_id_for
 from crowdtrain.errors import UsageError
+from crowdtrain.peers.bandwidth import serve_bandwidth_probe
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.keeper import start_keeper
 from crowdtrain.swarm.status import swarm_status
@@ -141,6 +142,7 @@ def run_coordinator(
         dht.add_validators([run_validator(run.run_id)])
         if not config.network.client_mode:
             serve_dialback(dht)
+            serve_bandwidth_probe(dht)
         access = RunAccess(run.run_id, identity.public_key) if run.private else None
         if access is not None:
             dht.add_validators([InviteValidator(run.run_id, identity.public_key)])

@@ -16,6 +16,7 @@ from hivemind.optim.state_averager import TrainingStateAverager
 from crowdtrain.averaging.access import InvitedProgressTracker, RunAccess, gated_averager_factories
 from crowdtrain.averaging.averager import RobustTrainingStateAverager, gradient_averager_factory
 from crowdtrain.averaging.bans import BanSnapshot
+from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.config import IntegrityConfig, RunConfig
 from crowdtrain.dht.publish import publish_integrity
 from crowdtrain.dht.records import IntegrityRecord
@@ -146,6 +147,7 @@ def build_swarm_optimizer(
     batch_size: int,
     client_mode: bool,
     access: Optional[RunAccess] = None,
+    averaging: Optional[AveragingPlan] = None,
 ) -> hivemind.Optimizer:
     """One optimizer step per global epoch, when the swarm has accumulated the run's target batch.
 
@@ -158,8 +160,13 @@ def build_swarm_optimizer(
     With a robust ``run.integrity.aggregator`` gradients and parameters are averaged by
     :mod:`crowdtrain.averaging`'s robust averagers and other peers' progress claims are bounded; with
     ``mean`` all three are hivemind's own (the control of the attack benchmarks).
+    ``averaging`` (from measurements) sets this peer's share, group sizes and timeouts; without it,
+    equal shares, hivemind's group sizes and the run's timeouts. Its compression is not applied:
+    hivemind returns each sender its averaged part in the sender's own (lossy) compression, so peers
+    would end a round with different gradients and lose their bit-identical parameters.
     """
-    timeouts = run.timeouts
+    timeouts = run.timeouts if averaging is None else averaging.timeouts
+    measured_opts = {} if averaging is None else averaging.averager_opts()
     me = str(identity.peer_id)
 
     def publish_bans(snapshot: BanSnapshot) -> None:
@@ -182,7 +189,8 @@ def build_swarm_optimizer(
         delay_optimizer_step=False,
         delay_grad_averaging=False,
         client_mode=client_mode,
-        averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD},
+        averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
+                       **measured_opts},
         tracker_opts={"private_key": identity.private_key},
         grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
         integrity=run.integrity,

@@ -14,6 +14,7 @@ import hivemind
 import torch
 from hivemind.utils import get_dht_time
 
+from crowdtrain.averaging.link_aware import AveragingPlan, plan_averaging
 from crowdtrain.config import VolunteerConfig
 from crowdtrain.averaging.access import RunAccess
 from crowdtrain.errors import InviteError, RunConfigError
@@ -21,6 +22,7 @@ from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
 from crowdtrain.dht.publish import publish_run_records, read_peers
 from crowdtrain.dht.reachability import Reachability, check_reachability, serve_dialback
 from crowdtrain.dht.records import PeerRecord
+from crowdtrain.peers.bandwidth import LinkMeasurement, measure_link, serve_bandwidth_probe
 from crowdtrain.peers.identity import Identity
 from crowdtrain.peers.invites import verify_invite
 from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
@@ -36,6 +38,7 @@ from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
 logger = logging.getLogger(__name__)
 RUN_REPUBLISH_INTERVAL = 60.0  # well inside the run records' lifetime in the DHT
+LINK_PROBE_PEERS = 2  # measure against this many peers and keep the fastest figures
 MAX_SHOWN_ETA = 86400.0  # hivemind's estimate of the next round is effectively infinite when no one else trains
 
 
@@ -124,6 +127,7 @@ class Volunteer:
         self.address = ""
         self.batch_size = config.batch_size or 0
         self.shard_seed = int.from_bytes(identity.peer_id.to_bytes()[-8:], "big")
+        self.link = LinkMeasurement()
 
     def run(self, stop: threading.Event, on_joined: Callable[[JoinPlan], None],
             on_progress: Callable[[VolunteerStatus], None], after_hivemind_started: Callable[[], None]) -> VolunteerReport:
@@ -167,7 +171,8 @@ class Volunteer:
         run = joined.config
         if run.mode != "diloco":
             return build_swarm_optimizer(dht=dht, identity=self.identity, run=run, recipe=recipe, model=model,
-                                         batch_size=self.batch_size, client_mode=self.client_mode, access=access)
+                                         batch_size=self.batch_size, client_mode=self.client_mode, access=access,
+                                         averaging=self._plan_averaging(dht, joined, model))
         if access is not None:
             raise RunConfigError(f"run {run.run_id} is private and in diloco mode: this crowdtrain does not "
                                  f"combine the two yet")
@@ -181,6 +186,7 @@ class Volunteer:
         if network.client_mode:
             return dht
         serve_dialback(dht)
+        serve_bandwidth_probe(dht)
         if not self.config.check_reachability or not network.initial_peers:
             return dht
         reachability = check_reachability(dht, network.initial_peers, visible_addresses(dht))
@@ -214,6 +220,18 @@ class Volunteer:
             samples_per_second=samples_per_second / (1 + self.config.throttle),
             target_batch_size=run.target_batch_size, peers_online=len(others),
             upload_bytes_per_round=upload_per_round(parameters, len(others) + 1, self.client_mode))
+
+    def _plan_averaging(self, dht: hivemind.DHT, joined: JoinedRun, model: torch.nn.Module) -> AveragingPlan:
+        """Measure this peer's link against live peers; plan its share, groups and timeouts from it."""
+        others = [r for r in read_peers(dht, joined.config.run_id).records
+                  if r.peer_id != str(self.identity.peer_id) and r.address]
+        initial = [a.rsplit("/p2p/", 1)[-1] for a in self.config.network.initial_peers if "/p2p/" in a]
+        candidates = list(dict.fromkeys(initial + [r.peer_id for r in others]))[:LINK_PROBE_PEERS]
+        self.link = measure_link(dht, candidates)
+        logger.debug(f"measured link: upload {self.link.upload_mbps} Mbit/s, download {self.link.download_mbps} "
+                    f"Mbit/s, rtt {self.link.rtt_ms} ms")
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        return plan_averaging(joined.config.timeouts, self.link, [r.upload_mbps for r in others], model_bytes)
 
     def _limit_reached(self, samples: int, started: float) -> str:
         if self.config.max_samples and samples >= self.config.max_samples:
@@ -271,7 +289,8 @@ class Volunteer:
                           samples_averaged=averaging.samples_averaged, averaging_rounds=averaging.rounds,
                           averaging_failures=averaging.failures, round_seconds=averaging.last_round_seconds,
                           eval_metric=report.eval_metric or "",
-                          eval_value=report.eval_end if report.eval_end is not None else report.eval_start)
+                          eval_value=report.eval_end if report.eval_end is not None else report.eval_start,
+                          upload_mbps=self.link.upload_mbps, download_mbps=self.link.download_mbps)
 
     def _finish_report(self, loop: TrainingLoop, epoch: int) -> None:
         stats = loop.stats

@@ -2,6 +2,10 @@
 
 - ``local_swarm.py``: :class:`LocalSwarm`, launches coordinator and volunteers as real processes on
   loopback and reaps every one of them.
+- ``netns.py``: :class:`NamespaceLinks`, each peer in its own network namespace behind a shaped
+  upload/download link (root).
+- ``link_proxy.py``: :class:`LinkProxy`, a TCP proxy adding latency and bandwidth limits per peer and
+  direction (no root).
 """
 from crowdtrain.testing.local_swarm import LaunchError, LocalSwarm, PeerProcess
 

@@ -1,0 +1,68 @@
+"""The namespace link emulator carries what it promises: 10 Mbit/s ± 10%, in each direction."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crowdtrain.testing.link_netns import Link, NamespaceLinks, namespaces_available
+
+AVAILABLE, REASON = namespaces_available()
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"link emulator: {REASON}")
+PORT = 5201
+RATE_MBPS = 10.0
+TRANSFER_BYTES = int(RATE_MBPS * 1e6 / 8 * 3)  # three seconds of the link
+
+RECEIVER = """
+import json, socket, sys, time
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+conn, _ = server.accept()
+total, first = 0, None
+while chunk := conn.recv(1 << 16):
+    first = first or time.monotonic()
+    total += len(chunk)
+print(json.dumps({"bytes": total, "seconds": time.monotonic() - first}), flush=True)
+"""
+SENDER = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as conn:
+    conn.sendall(bytes(int(sys.argv[3])))
+"""
+
+
+def _goodput_mbps(net: NamespaceLinks, sender: int, receiver: int) -> float:
+    server = net.popen(receiver, [sys.executable, "-c", RECEIVER, net.address(receiver), str(PORT)],
+                       stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    client = net.popen(sender, [sys.executable, "-c", SENDER, net.address(receiver), str(PORT), str(TRANSFER_BYTES)])
+    assert client.wait(30) == 0
+    result = json.loads(server.stdout.readline())
+    assert result["bytes"] == TRANSFER_BYTES
+    return result["bytes"] * 8 / result["seconds"] / 1e6
+
+
+@pytest.mark.parametrize("shaped", ["upload", "download"])
+def test_a_10_mbit_link_carries_10_mbit(shaped: str):
+    links = [Link(upload_mbps=RATE_MBPS), Link()] if shaped == "upload" else [Link(), Link(download_mbps=RATE_MBPS)]
+    with NamespaceLinks(links) as net:
+        mbps = _goodput_mbps(net, sender=0, receiver=1)
+    assert RATE_MBPS * 0.9 <= mbps <= RATE_MBPS * 1.1, f"{shaped} link of {RATE_MBPS} Mbit/s carried {mbps:.2f} Mbit/s"
+
+
+def test_traffic_crosses_the_slower_of_upload_and_download():
+    with NamespaceLinks([Link(upload_mbps=40.0), Link(download_mbps=RATE_MBPS)]) as net:
+        mbps = _goodput_mbps(net, sender=0, receiver=1)
+    assert RATE_MBPS * 0.9 <= mbps <= RATE_MBPS * 1.1
+
+
+def test_everything_created_is_removed_even_when_set_up_fails():
+    net = NamespaceLinks([Link(), Link()])
+    net.links.append("not a link")  # the third peer fails half-way through set-up
+    with pytest.raises(AttributeError):
+        net.__enter__()
+    names = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert net.prefix not in names and net.prefix not in namespaces

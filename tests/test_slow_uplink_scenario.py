@@ -1,0 +1,27 @@
+"""Scenario: one peer with 10x less upload does not dictate crowdtrain's round time (namespace links)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crowdtrain.testing.link_netns import namespaces_available
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_allreduce.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not namespaces_available()[0], reason=f"link emulator: {namespaces_available()[1]}")
+def test_a_slow_uplink_does_not_dictate_the_round():
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--peers", "4", "--mbytes", "4", "--mbps", "50", "--rounds", "2",
+         "--methods", "crowdtrain", "hivemind", "--scenarios", "slow-uplink"],
+        capture_output=True, text=True, timeout=850)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["method"]: row for row in map(json.loads, filter(lambda l: l.startswith("{"), result.stdout.splitlines()))}
+    slow_upload, *fast_uploads = rows["crowdtrain"]["measured_upload_mbps"]
+    assert 4.0 <= slow_upload <= 5.5 and all(40 <= up <= 55 for up in fast_uploads), rows["crowdtrain"]
+    # equal shares make the slow peer send 2·3/4 of the vector; its measured share leaves it about 1×
+    assert rows["crowdtrain"]["seconds"] < 0.8 * rows["hivemind"]["seconds"], rows
