@@ -106,7 +106,7 @@ def test_default_export_is_a_state_dict_listed_with_its_sha256(tmp_path):
 
 
 def test_albert_export_loads_with_from_pretrained(tmp_path):
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModelForPreTraining
 
     recipe_cls = get_recipe("albert-tiny")
     hparams = {**recipe_cls.default_hparams(), "vocab_size": 512, "num_hidden_layers": 1, "hidden_size": 32,
@@ -116,7 +116,7 @@ def test_albert_export_loads_with_from_pretrained(tmp_path):
     model = recipe.build_model()
     manifest = export_final(recipe, model, tmp_path / "final", run_id=RUN, epoch=3)
     assert {"config.json", "tokenizer.json"} <= {f.name for f in manifest.files}
-    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "final").state_dict()
+    loaded = AutoModelForPreTraining.from_pretrained(tmp_path / "final").state_dict()
     for key, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0)
 

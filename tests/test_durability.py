@@ -79,9 +79,9 @@ def test_every_volunteer_leaves_newcomer_continues_and_final_model_is_exported(l
         time.sleep(0.5)
     manifest = verify_export(final)
     assert manifest.epoch == max_epochs and f"final model (epoch {max_epochs})" in coordinator.log()
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModelForPreTraining
 
-    exported = AutoModelForMaskedLM.from_pretrained(final).state_dict()
+    exported = AutoModelForPreTraining.from_pretrained(final).state_dict()
     volunteer = torch.load(tmp_path / "newcomer.pt")
     assert set(volunteer) <= set(exported) | {k for k in volunteer if "position_ids" in k}
     for key, tensor in volunteer.items():
