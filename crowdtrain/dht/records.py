@@ -94,6 +94,8 @@ class _PeerSchema(BaseModel):
     round_seconds: Optional[confloat(strict=True, ge=0, le=MAX_ROUND_SECONDS)] = None
     eval_metric: constr(strict=True, max_length=32) = ""
     eval_value: Optional[StrictFloat] = None
+    upload_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
+    download_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
 
     def dict(self, **kwargs) -> dict[str, Any]:
         # hivemind's SchemaValidator refuses a record unless parsing returns exactly the stored value:
@@ -109,8 +111,6 @@ class _IntegritySchema(BaseModel):
     strikes: Dict[_PeerIdStr, conint(strict=True, ge=0, le=MAX_SAMPLES)]
     banned: conlist(_PeerIdStr, max_items=MAX_OFFENDERS)
     time: StrictFloat
-    upload_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
-    download_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
 
 
 class _RunSchema(BaseModel):
