@@ -16,7 +16,7 @@ import hivemind
 
 from crowdtrain.config import DashboardConfig, RunConfig
 from crowdtrain.dashboard.store import DashboardStore, HistoryPoint
-from crowdtrain.dht.publish import read_peers
+from crowdtrain.dht.publish import read_integrity, read_peers
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.swarm.status import status_document
 
@@ -64,8 +64,9 @@ class RunTracker:
     def read(self) -> Reading:
         """Read the swarm once, remember the reading and store it."""
         peers = read_peers(self.dht, self.run.run_id)
-        status = status_document(self.run, peers)
-        reading = Reading(status=status, records=tuple(peers.records), time=status["time"])
+        status = status_document(self.run, peers, integrity=read_integrity(self.dht, self.run.run_id))
+        volunteers = tuple(r for r in peers.records if r.role != "aux")  # the state keeper is listed in status only
+        reading = Reading(status=status, records=volunteers, time=status["time"])
         self.store.record(self.run.run_id, history_point(status, reading.records), reading.records,
                           self.config.credit_half_life)
         with self._lock:
