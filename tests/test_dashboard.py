@@ -86,6 +86,8 @@ def swarm(tmp_path_factory):
             "--request-timeout", "0.5", "--averaging-timeout", "15", "--log-interval", "2",
             "--run-dir", str(workdir / "run"), "--dashboard-port", "0"])
         url = local.wait_for_dashboard(coordinator, 30)
+        # before its first reading of the swarm the dashboard answers 503 (documented); wait for that reading
+        wait_until(lambda: api(url, "/api/run")[0] == 200, 30, "the dashboard's first reading of the swarm")
         yield Swarm(local=local, address=address, url=url, run_dir=workdir / "run", workdir=workdir, volunteers=[])
     finally:
         for pid in list(tracked):
