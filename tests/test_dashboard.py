@@ -1,6 +1,7 @@
 """The dashboard against a real local swarm (coordinator + 2 volunteers + a second `crowdtrain dashboard`),
 through its HTTP API and in a real headless Chromium. One swarm for the whole module: the tests run in
-file order along the run's life (empty, training, finished)."""
+file order along the run's life (empty, training, departed). The run is long (``MAX_EPOCHS``) and the last
+test stops the volunteers itself, so the checks of a training swarm never race the run's end on a fast machine."""
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
 from crowdtrain.testing.processes import descendants, wait_gone
 
 pytestmark = pytest.mark.timeout(240)
-MAX_EPOCHS = 16
+MAX_EPOCHS = 10_000
 BATCH = 8
 VOLUNTEERS = {"alice": ["--batch-size", str(BATCH), "--evaluate"],
               "bob": ["--batch-size", str(BATCH), "--throttle", "0.5"]}
@@ -185,7 +186,6 @@ def test_browser_page_updates_live_and_lists_every_volunteer(training, browser):
     page.close()
 
 
-@pytest.mark.slow  # failed in the last CI rehearsal on an idle machine (passes here under load); see the stop note
 def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
     def averaged_everyone():
         peers = ok(training.url, "/api/peers")["peers"]
@@ -218,7 +218,6 @@ def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
     assert "crowdtrain_peers_online 2.0" in metrics and "crowdtrain_global_epoch" in metrics
 
 
-@pytest.mark.slow  # failed in the last CI rehearsal on an idle machine (passes here under load); see the stop note
 def test_api_run_is_the_status_document_and_agrees_with_the_cli(training):
     before = ok(training.url, "/api/run")
     cli = subprocess.run([sys.executable, "-m", "crowdtrain", "status", training.address, "--loopback", "--json"],
@@ -272,10 +271,12 @@ def test_checkpoints_of_the_run_directory_are_listed_and_downloadable(training):
 
 
 def test_final_state_agrees_with_reports_in_both_dashboards_and_departed_peers_are_kept(training):
-    for volunteer in training.volunteers:  # they stop by themselves at max_epochs
-        assert volunteer.popen.wait(timeout=180) == 0, volunteer.log()[-3000:]
+    # as a volunteer's Ctrl-C: finish the step (an averaging round may take --averaging-timeout), evaluate, leave
+    training.local.stop_all(training.volunteers, timeout=120)
+    for volunteer in training.volunteers:
+        assert volunteer.popen.returncode == 0, volunteer.log()[-3000:]
     reports = {r["name"]: r for r in load_reports([v.report_path for v in training.volunteers])}
-    assert all(r["final_epoch"] == MAX_EPOCHS for r in reports.values())
+    assert all(r["final_epoch"] >= 1 and r["stop_reason"] == "stopped by signal" for r in reports.values())
 
     for url in (training.url, training.viewer_url):
         def final_records_read():

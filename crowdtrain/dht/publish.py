@@ -5,6 +5,7 @@ import hashlib
 import logging
 import zlib
 from dataclasses import dataclass
+from concurrent.futures import Future
 from typing import Any, Optional
 
 import hivemind
@@ -156,10 +157,11 @@ def unpack_assets(run: RunConfig, chunks: list[bytes]) -> bytes:
 
 
 def publish_peer(dht: hivemind.DHT, identity: Identity, run_id: str, record: PeerRecord,
-                 invite: Optional[str] = None) -> None:
-    """Refresh this peer's progress record without blocking the caller (with its invite in a private run)."""
+                 invite: Optional[str] = None) -> Future:
+    """Refresh this peer's progress record without blocking the caller (with its invite in a private run);
+    the returned future tells when the store is done."""
     subkey = owner_marker(identity) + (b"" if invite is None else invite_marker(invite))
-    dht.store(peers_key(run_id), record.to_value(), get_dht_time() + PEER_RECORD_TTL, subkey=subkey,
+    return dht.store(peers_key(run_id), record.to_value(), get_dht_time() + PEER_RECORD_TTL, subkey=subkey,
               return_future=True)
 
 

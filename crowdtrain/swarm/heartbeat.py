@@ -6,8 +6,10 @@ the run's records (configuration, assets) now and then so that the run outlives 
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Optional
 
 import hivemind
@@ -15,6 +17,9 @@ import hivemind
 from crowdtrain.dht.publish import publish_peer
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
+
+logger = logging.getLogger(__name__)
+FINAL_PUBLISH_TIMEOUT = 5.0
 
 
 class Heartbeat:
@@ -32,8 +37,8 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def publish_now(self) -> None:
-        publish_peer(self.dht, self.identity, self.run_id, self.make_record(), self.invite)
+    def publish_now(self) -> Future:
+        return publish_peer(self.dht, self.identity, self.run_id, self.make_record(), self.invite)
 
     def _run(self) -> None:
         last_republish = time.monotonic()
@@ -44,6 +49,11 @@ class Heartbeat:
                 last_republish = time.monotonic()
 
     def stop(self) -> None:
+        """Stop refreshing, after one last record: a leaving peer's final tally outlives it by the record's TTL."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 5)
+        try:
+            self.publish_now().result(timeout=FINAL_PUBLISH_TIMEOUT)
+        except Exception as e:  # the peer leaves anyway; its previous record expires with its TTL
+            logger.warning(f"could not publish this peer's final record: {e!r}")
