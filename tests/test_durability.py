@@ -42,30 +42,33 @@ def losses_at(report, epoch):
     return [loss for _, e, loss in report["loss_history"] if e == epoch]
 
 
-@pytest.mark.slow  # passed in one CI rehearsal, failed in the next: flaky until investigated (stop note)
 def test_every_volunteer_leaves_newcomer_continues_and_final_model_is_exported(local_swarm, tmp_path):
-    reached, max_epochs = 5, 9
+    # the veterans leave by themselves after veteran_samples each: at most 2 * 384 / 64 = 12 epochs whatever the
+    # machine's speed, so the run cannot reach max_epochs before the newcomer comes (it did on a fast machine)
+    max_epochs, veteran_samples = 14, 384
     history, run_dir = tmp_path / "history.jsonl", tmp_path / "run"
     coordinator, address = local_swarm.start_coordinator([*COORDINATOR, "--max-epochs", str(max_epochs),
                                                           "--run-dir", str(run_dir), "--history", str(history)])
-    veterans = [local_swarm.start_volunteer(f"v{i}", [address], ["--batch-size", "8"]) for i in range(2)]
-    wait_for(history, lambda s: s["global_epoch"] >= reached and keeper_epoch(s) >= reached, timeout=150,
-             what=f"volunteers and keeper at epoch {reached}")
-    local_swarm.stop_all(veterans)
-    assert all(v.popen.returncode == 0 for v in veterans)
-    held = keeper_epoch(last_status(history))
+    veterans = [local_swarm.start_volunteer(f"v{i}", [address], ["--batch-size", "8",
+                                                                 "--max-samples", str(veteran_samples)])
+                for i in range(2)]
+    for veteran in veterans:
+        assert veteran.popen.wait(timeout=150) == 0, veteran.log()[-3000:]
+    old = load_reports([v.report_path for v in veterans])
+    left_at = max(r["final_epoch"] for r in old)
+    assert 3 <= left_at < max_epochs, f"veterans left at epoch {left_at}"
+    held = keeper_epoch(wait_for(history, lambda s: keeper_epoch(s) >= left_at - 1, timeout=30,
+                                 what=f"the keeper holding epoch {left_at - 1} or later"))
 
     newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8",
                                                                    "--export", str(tmp_path / "newcomer.pt")])
     assert newcomer.popen.wait(timeout=180) == 0, newcomer.log()[-3000:]
 
-    old = load_reports([v.report_path for v in veterans])
     new = load_reports([newcomer.report_path])[0]
-    left_at = max(r["final_epoch"] for r in old)
     # a newcomer may take a few steps at epoch 0 until hivemind's tracker sees the keeper; it never trains
     # through the epochs the run had already done
     assert not [e for e in new["epochs_seen"] if 0 < e < held], f"newcomer restarted: {new['epochs_seen']}"
-    assert held >= reached and new["final_epoch"] == max_epochs
+    assert new["final_epoch"] == max_epochs
     fresh = new["loss_history"][0][2]  # its first loss: the freshly initialised model, before the download
     before = mean(loss for r in old for loss in losses_at(r, left_at - 1))
     continued = [loss for _, epoch, loss in new["loss_history"] if epoch >= held]

@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 POLL_PERIOD = 0.5
 PUBLISH_INTERVAL = 2.0
 PROGRESS_PERIOD = 10.0  # well inside hivemind's progress record lifetime (60 s)
-PROGRESS_CHECK_PERIOD = 2.0
 LIVE_PROGRESS_AGE = 15.0  # a progress record older than this is a departed peer's (live ones report every step)
 KEEPER_NAME = "keeper"
 CHECKPOINTS_DIR, FINAL_DIR = "checkpoints", "final"
@@ -65,7 +64,6 @@ class StateKeeper:
         self._saved_epoch, self._saved_at, self._next_download = 0, time.monotonic(), 0.0
         self._progress_subkey = RSASignatureValidator(identity.private_key).local_public_key
         self._reported = (-1, -math.inf)  # (epoch, monotonic time) of the published progress record; -1: none
-        self._progress_checked = -math.inf
         self.model = self.optimizer = self.heartbeat = None
         self.address = address
         "Where newcomers reach the keeper (the coordinator's address), shown in its peer record."
@@ -110,7 +108,7 @@ class StateKeeper:
         self._saved_epoch = checkpoint.epoch
         logger.info(f"resumed from checkpoint {self.store.data_path(checkpoint.epoch)} (epoch {checkpoint.epoch})")
 
-    def _report_progress(self) -> None:
+    def _report_progress(self, others_epoch: int) -> None:
         """The keeper's epoch in hivemind's progress records, only while no other peer reports that epoch.
 
         hivemind's tracker publishes only peers that accumulate samples, so the keeper publishes its own
@@ -119,12 +117,8 @@ class StateKeeper:
         withdraws the record: a peer listed in the progress would make a lone volunteer look for an
         averaging group every epoch.
         """
-        now = time.monotonic()
-        if now - self._progress_checked < PROGRESS_CHECK_PERIOD:
-            return
-        self._progress_checked = now
-        tracker = self.optimizer.tracker
-        if self._others_epoch() >= self.epoch:
+        now, tracker = time.monotonic(), self.optimizer.tracker
+        if others_epoch >= self.epoch:
             if self._reported[0] >= 0:
                 self.dht.store(tracker.training_progress_key, None, get_dht_time() + tracker.metadata_expiration,
                                subkey=self._progress_subkey, return_future=True)
@@ -148,16 +142,19 @@ class StateKeeper:
         return max((e for e in epochs if isinstance(e, int)), default=-1)
 
     def _follow(self) -> None:
-        self._report_progress()
+        self._report_progress(self._others_epoch())
         while not self._stop.wait(POLL_PERIOD):
             global_epoch = self.optimizer.tracker.global_epoch
             if self.run.max_epochs and global_epoch >= self.run.max_epochs:
                 self._finish()
                 return
-            if global_epoch > self.epoch and time.monotonic() >= self._next_download:
+            # hivemind's tracker refreshes the global epoch every few seconds at best, and a short run may be
+            # over by then; the volunteers' own progress records say at once that the swarm is ahead
+            others = self._others_epoch()
+            if max(global_epoch, others) > self.epoch and time.monotonic() >= self._next_download:
                 self._next_download = time.monotonic() + self.config.follow_interval
                 self.optimizer.load_state_from_peers()
-            self._report_progress()
+            self._report_progress(others)
             if self._checkpoint_due():
                 self._save()
 
