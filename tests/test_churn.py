@@ -5,8 +5,8 @@ import time
 import pytest
 
 from crowdtrain.dht.records import PEER_RECORD_TTL
-from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import load_reports
+from crowdtrain.testing.history import last_status, wait_for_status
 from crowdtrain.testing.processes import descendants, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
@@ -14,23 +14,8 @@ COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--reques
                "--averaging-timeout", "8", "--load-state-timeout", "15", "--log-interval", "1"]
 
 
-def last_status(path):
-    history = read_history(path)
-    return history[-1] if history else None
-
-
-def wait_for(history, condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = last_status(history)
-        if status is not None and condition(status):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen in {timeout} s; last status: {last_status(history)}")
-
-
 def wait_for_epoch(history, epoch, timeout):
-    return wait_for(history, lambda s: s["global_epoch"] >= epoch, timeout, f"global epoch {epoch}")
+    return wait_for_status(history, lambda s: s["global_epoch"] >= epoch, timeout, f"global epoch {epoch}")
 
 
 def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm, tmp_path):
@@ -41,7 +26,7 @@ def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm,
     before = wait_for_epoch(history, 3, timeout=120)
 
     newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8"])
-    wait_for(history, lambda s: any(p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]),
+    wait_for_status(history, lambda s: any(p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]),
              timeout=90, what="the newcomer's contribution")
 
     victim = veterans[0]
@@ -52,7 +37,7 @@ def test_newcomer_catches_up_and_killed_volunteer_leaves_no_orphans(local_swarm,
 
     killed_at = last_status(history)["global_epoch"]
     wait_for_epoch(history, killed_at + 3, timeout=120)  # the survivors keep advancing
-    wait_for(history, lambda s: victim.name not in {p["name"] for p in s["peers"]}, timeout=PEER_RECORD_TTL + 5,
+    wait_for_status(history, lambda s: victim.name not in {p["name"] for p in s["peers"]}, timeout=PEER_RECORD_TTL + 5,
              what="the killed volunteer gone from status")
 
     local_swarm.stop_all([veterans[1], newcomer])
@@ -68,7 +53,7 @@ def test_swarm_survives_the_coordinator(local_swarm, tmp_path):
     coordinator, address = local_swarm.start_coordinator([*COORDINATOR, "--run-dir", str(run_dir),
                                                           "--history", str(history)])
     volunteers = [local_swarm.start_volunteer(f"v{i}", [address], ["--batch-size", "8"]) for i in range(2)]
-    status = wait_for(history, lambda s: s["global_epoch"] >= 2 and all(p["address"] for p in s["peers"])
+    status = wait_for_status(history, lambda s: s["global_epoch"] >= 2 and all(p["address"] for p in s["peers"])
                       and len(s["peers"]) == 2, timeout=120, what="two volunteers at epoch 2")
     coordinator.popen.send_signal(signal.SIGKILL)
     coordinator.popen.wait(10)
@@ -79,7 +64,7 @@ def test_swarm_survives_the_coordinator(local_swarm, tmp_path):
                                                   str(history), "--initial-peers", volunteer_address],
                                                  name="coordinator-again", identity=coordinator.identity)
     assert "resumed run " + status["run_id"] in restarted.log()
-    wait_for(history, lambda s: s["global_epoch"] >= status["global_epoch"] + 3 and any(
+    wait_for_status(history, lambda s: s["global_epoch"] >= status["global_epoch"] + 3 and any(
         p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]), timeout=120,
         what="epochs advancing with the newcomer after the coordinator's death")
     local_swarm.stop_all([*volunteers, newcomer])
@@ -97,7 +82,7 @@ def test_newcomer_without_live_donor_trains_on_with_one_warning(local_swarm, tmp
     donor.popen.wait(10)
 
     newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8"])
-    wait_for(history, lambda s: any(p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]),
+    wait_for_status(history, lambda s: any(p["name"] == "newcomer" and p["samples"] > 0 for p in s["peers"]),
              timeout=90, what="the newcomer's contribution")
     local_swarm.stop_all([newcomer])
     report = load_reports([newcomer.report_path])[0]

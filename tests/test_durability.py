@@ -9,29 +9,14 @@ import torch
 
 from crowdtrain.swarm.checkpoints import CheckpointStore
 from crowdtrain.swarm.export import verify_export
-from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import load_reports
+from crowdtrain.testing.history import wait_for_status
 
 pytestmark = pytest.mark.timeout(300)
 COORDINATOR = ["--target-batch-size", "64", "--matchmaking-time", "2", "--request-timeout", "0.5",
                "--averaging-timeout", "8", "--load-state-timeout", "15", "--log-interval", "1",
                "--follow-interval", "1"]
 LOSS_STEPS = 6
-
-
-def last_status(path):
-    history = read_history(path)
-    return history[-1] if history else None
-
-
-def wait_for(history, condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = last_status(history)
-        if status is not None and condition(status):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen in {timeout} s; last status: {last_status(history)}")
 
 
 def keeper_epoch(status):
@@ -57,7 +42,7 @@ def test_every_volunteer_leaves_newcomer_continues_and_final_model_is_exported(l
     old = load_reports([v.report_path for v in veterans])
     left_at = max(r["final_epoch"] for r in old)
     assert 3 <= left_at < max_epochs, f"veterans left at epoch {left_at}"
-    held = keeper_epoch(wait_for(history, lambda s: keeper_epoch(s) >= left_at - 1, timeout=30,
+    held = keeper_epoch(wait_for_status(history, lambda s: keeper_epoch(s) >= left_at - 1, timeout=30,
                                  what=f"the keeper holding epoch {left_at - 1} or later"))
 
     newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8",
@@ -120,7 +105,7 @@ def test_kill_everyone_resume_from_newest_valid_checkpoint(local_swarm, tmp_path
     restarted, address = local_swarm.start_coordinator([*args, "--resume"], name="coordinator-resumed",
                                                        identity=coordinator.identity)
     newcomer = local_swarm.start_volunteer("newcomer", [address], ["--batch-size", "8"])
-    wait_for(history, lambda s: any(p["name"] == "newcomer" and p["epoch"] >= older + 2 for p in s["peers"]),
+    wait_for_status(history, lambda s: any(p["name"] == "newcomer" and p["epoch"] >= older + 2 for p in s["peers"]),
              timeout=120, what="the newcomer training on from the checkpoint")
     local_swarm.stop_all([newcomer])
     log = restarted.log()

@@ -22,6 +22,7 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.peers.invites import invite_marker
 from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import load_reports
+from crowdtrain.testing.history import wait_for_status
 
 pytestmark = pytest.mark.timeout(300)
 COORDINATOR = ["--private", "--target-batch-size", "64", "--matchmaking-time", "2", "--request-timeout", "0.5",
@@ -30,16 +31,6 @@ COORDINATOR = ["--private", "--target-batch-size", "64", "--matchmaking-time", "
 
 def crowdtrain(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "crowdtrain", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(history, condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = read_history(history)
-        if statuses and condition(statuses[-1]):
-            return statuses[-1]
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen in {timeout} s")
 
 
 def download_state(dht, peer: str, prefix: str) -> int:
@@ -69,7 +60,7 @@ def test_private_run_admits_only_invited_volunteers(local_swarm, tmp_path):
         last = peer.log().strip().splitlines()[-1]
         assert last.startswith("crowdtrain: error: ") and reason in last and "crowdtrain invite Qm" in last
 
-    status = wait_for(history, lambda s: any(p["name"] == "invited" and p["epoch"] >= 2 for p in s["peers"]),
+    status = wait_for_status(history, lambda s: any(p["name"] == "invited" and p["epoch"] >= 2 for p in s["peers"]),
                       timeout=150, what="the invited volunteer training")
     run_id, keeper = status["run_id"], status["keepers"][0]["peer_id"]
 

@@ -6,7 +6,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from concurrent.futures import Future
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
@@ -162,7 +162,7 @@ def publish_peer(dht: hivemind.DHT, identity: Identity, run_id: str, record: Pee
     the returned future tells when the store is done."""
     subkey = owner_marker(identity) + (b"" if invite is None else invite_marker(invite))
     return dht.store(peers_key(run_id), record.to_value(), get_dht_time() + PEER_RECORD_TTL, subkey=subkey,
-              return_future=True)
+                     return_future=True)
 
 
 @dataclass(frozen=True)
@@ -172,14 +172,20 @@ class PeerRecords:
 
 
 def read_peers(dht: hivemind.DHT, run_id: str) -> PeerRecords:
+    records, rejected = _read_records(dht, peers_key(run_id), PeerRecord.from_value)
+    return PeerRecords(records=sorted(records, key=lambda r: r.peer_id), rejected=rejected)
+
+
+def _read_records(dht: hivemind.DHT, key: str, parse: Callable[[Any], Any]) -> tuple[list[Any], int]:
+    """Every well-formed record under ``key`` and how many were refused (each refusal logged at debug level)."""
     records, rejected = [], 0
-    for value in subkey_values(dht.get(peers_key(run_id), latest=True)).values():
+    for value in subkey_values(dht.get(key, latest=True)).values():
         try:
-            records.append(PeerRecord.from_value(value))
+            records.append(parse(value))
         except RecordError as e:
             rejected += 1
-            logger.debug(f"rejected peer record: {e}")
-    return PeerRecords(records=sorted(records, key=lambda r: r.peer_id), rejected=rejected)
+            logger.debug(f"rejected record under {key}: {e}")
+    return records, rejected
 
 
 def publish_integrity(dht: hivemind.DHT, identity: Identity, run_id: str, record: IntegrityRecord) -> None:
@@ -195,11 +201,5 @@ class IntegrityRecords:
 
 
 def read_integrity(dht: hivemind.DHT, run_id: str) -> IntegrityRecords:
-    records, rejected = [], 0
-    for value in subkey_values(dht.get(integrity_key(run_id), latest=True)).values():
-        try:
-            records.append(IntegrityRecord.from_value(value))
-        except RecordError as e:
-            rejected += 1
-            logger.debug(f"rejected integrity record: {e}")
+    records, rejected = _read_records(dht, integrity_key(run_id), IntegrityRecord.from_value)
     return IntegrityRecords(records=sorted(records, key=lambda r: r.reporter), rejected=rejected)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
 from pydantic.v1 import BaseModel, StrictBool, StrictBytes, StrictFloat, confloat, conint, conlist, constr
@@ -138,11 +138,7 @@ class RunAnnouncement:
 
     @classmethod
     def from_value(cls, value: Any) -> "RunAnnouncement":
-        try:
-            parsed = _RunAnnouncementSchema.parse_obj(value)
-        except Exception as e:
-            raise RecordError(f"malformed run announcement: {e}") from None
-        return cls(**parsed.dict())
+        return cls(**_parse(_RunAnnouncementSchema, value, "run announcement"))
 
 
 @dataclass(frozen=True)
@@ -193,14 +189,8 @@ class PeerRecord:
 
     @classmethod
     def from_value(cls, value: Any, now: Optional[float] = None) -> "PeerRecord":
-        try:
-            parsed = _PeerSchema.parse_obj(value)
-        except Exception as e:
-            raise RecordError(f"malformed peer record: {e}") from None
-        record = cls(**parsed.dict())
-        now = time.time() if now is None else now
-        if not math.isfinite(record.time) or record.time > now + MAX_CLOCK_SKEW:
-            raise RecordError(f"peer record of {record.peer_id} is timestamped in the future")
+        record = cls(**_parse(_PeerSchema, value, "peer record"))
+        _check_time(record.time, now, f"peer record of {record.peer_id}")
         for key in ("loss", "eval_value"):
             number = getattr(record, key)
             if number is not None and not math.isfinite(number):
@@ -224,17 +214,26 @@ class IntegrityRecord:
 
     @classmethod
     def from_value(cls, value: Any, now: Optional[float] = None) -> "IntegrityRecord":
-        try:
-            parsed = _IntegritySchema.parse_obj(value)
-        except Exception as e:
-            raise RecordError(f"malformed integrity record: {e}") from None
-        record = cls(**parsed.dict())
-        now = time.time() if now is None else now
+        record = cls(**_parse(_IntegritySchema, value, "integrity record"))
         if len(record.strikes) > MAX_OFFENDERS:
             raise RecordError(f"integrity record of {record.reporter} lists more than {MAX_OFFENDERS} peers")
-        if not math.isfinite(record.time) or record.time > now + MAX_CLOCK_SKEW:
-            raise RecordError(f"integrity record of {record.reporter} is timestamped in the future")
+        _check_time(record.time, now, f"integrity record of {record.reporter}")
         return record
+
+
+def _parse(schema: Any, value: Any, what: str) -> dict[str, Any]:
+    """The fields of ``value`` validated by a pydantic ``schema``; RecordError naming ``what`` otherwise."""
+    try:
+        return schema.parse_obj(value).dict()
+    except Exception as e:
+        raise RecordError(f"malformed {what}: {e}") from None
+
+
+def _check_time(timestamp: float, now: Optional[float], what: str) -> None:
+    """Refuse a record stamped in the future (beyond the tolerated clock skew) or not at all."""
+    now = time.time() if now is None else now
+    if not math.isfinite(timestamp) or timestamp > now + MAX_CLOCK_SKEW:
+        raise RecordError(f"{what} is timestamped in the future")
 
 
 def subkey_values(entry: Any) -> dict[Any, Any]:
