@@ -16,7 +16,6 @@ and :class:`~crowdtrain.swarm.finish.RunFinisher` use (``step``, ``zero_grad``, 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Optional
 
@@ -30,11 +29,11 @@ from crowdtrain.averaging.delta_averager import DeltaAverager
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.backoff import Backoff
 from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
 DECLARE_STATE_PERIOD = 5.0
-RESYNC_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
 TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
 PROGRESS_TTL = 20.0  # a departed peer stops counting after this long (hivemind: 60); a peer that saw
@@ -66,7 +65,7 @@ class DiLoCoOptimizer:
             min_refresh_period=TRACKER_REFRESH[0], max_refresh_period=TRACKER_REFRESH[1],
             default_refresh_period=TRACKER_REFRESH[0], metadata_expiration=PROGRESS_TTL, start=True)
         self.state_averager = OuterStateView(self)
-        self._failed_downloads, self._next_download = 0, 0.0
+        self._resync_backoff = Backoff()
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._start_round()
         self.tracker.fetched_global_progress_this_epoch.wait(FIRST_FETCH_TIMEOUT)
@@ -88,7 +87,7 @@ class DiLoCoOptimizer:
         self.round_samples += self.batch_size
         self.tracker.report_local_progress(self.local_epoch, self.round_steps)
         if self.tracker.global_epoch > self.local_epoch:
-            if time.monotonic() >= self._next_download:
+            if self._resync_backoff.ready():
                 self.resync()
         elif self._round_due():
             self._outer_round()
@@ -96,9 +95,11 @@ class DiLoCoOptimizer:
     def resync(self) -> bool:
         """Adopt the swarm's current outer state (drops this peer's unfinished round); False if none came."""
         if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout):
-            self._back_off()
+            if self._resync_backoff.failed() == 1:
+                logger.warning(f"no peer sent the outer state of epoch {self.tracker.global_epoch}; training on "
+                               f"from this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
             return False
-        self._failed_downloads = 0
+        self._resync_backoff.succeeded()
         self._continue_from_swarm_state()
         return True
 
@@ -169,15 +170,6 @@ class DiLoCoOptimizer:
             return
         while self.scheduler.last_epoch < epoch:
             self.scheduler.step()
-
-    def _back_off(self) -> None:
-        self._failed_downloads += 1
-        first, longest = RESYNC_BACKOFF
-        delay = min(longest, first * 2 ** (self._failed_downloads - 1)) * random.uniform(0.75, 1.25)
-        self._next_download = time.monotonic() + delay
-        if self._failed_downloads == 1:
-            logger.warning(f"no peer sent the outer state of epoch {self.tracker.global_epoch}; training on "
-                           f"from this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
 
 
 class OuterStateView:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -21,13 +20,13 @@ from crowdtrain.config import IntegrityConfig, RunConfig
 from crowdtrain.dht.publish import publish_integrity
 from crowdtrain.dht.records import IntegrityRecord
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.backoff import Backoff
 from crowdtrain.swarm.tracker import BoundedProgressTracker
 from crowdtrain.trainers.base import Recipe
 
 
 logger = logging.getLogger(__name__)
 DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
-LOAD_STATE_BACKOFF = (2.0, 60.0)  # first and longest wait between failed state downloads
 
 
 @dataclass
@@ -76,8 +75,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         elif self._integrity is not None:
             self._state_averager_factory = functools.partial(RobustTrainingStateAverager, integrity=self._integrity)
         super().__init__(**kwargs)
-        self._failed_downloads = 0
-        self._next_download = 0.0
+        self._download_backoff = Backoff()
         self.averaging_stats = AveragingStats()
         self._round: Optional[tuple[bool, float]] = None
 
@@ -121,18 +119,13 @@ class SwarmOptimizer(hivemind.Optimizer):
         return super()._make_progress_tracker(target_batch_size, **kwargs)
 
     def _should_load_state_from_peers(self) -> bool:
-        return time.monotonic() >= self._next_download and super()._should_load_state_from_peers()
+        return self._download_backoff.ready() and super()._should_load_state_from_peers()
 
     def load_state_from_peers(self, **kwargs) -> None:
         super().load_state_from_peers(**kwargs)
         if self.local_epoch >= self.tracker.global_epoch - 1:
-            self._failed_downloads = 0
-            return
-        self._failed_downloads += 1
-        first, longest = LOAD_STATE_BACKOFF
-        delay = min(longest, first * 2 ** (self._failed_downloads - 1)) * random.uniform(0.75, 1.25)
-        self._next_download = time.monotonic() + delay
-        if self._failed_downloads == 1:
+            self._download_backoff.succeeded()
+        elif self._download_backoff.failed() == 1:
             logger.warning(f"no peer sent the current state (epoch {self.tracker.global_epoch}); training on from "
                            f"this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
 
