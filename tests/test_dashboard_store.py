@@ -1,5 +1,6 @@
 """Dashboard pieces without a swarm: credit decay, the SQLite store, checkpoints listing, metrics."""
 import os
+import sqlite3
 import time
 
 import pytest
@@ -8,7 +9,7 @@ from prometheus_client import generate_latest
 from crowdtrain.dashboard.checkpoints import checkpoint_file, list_checkpoints
 from crowdtrain.dashboard.leaderboard import accrue, credit_name, decayed
 from crowdtrain.dashboard.metrics import swarm_registry
-from crowdtrain.dashboard.store import DashboardStore, HistoryPoint
+from crowdtrain.dashboard.store import SCHEMA, DashboardStore, HistoryPoint
 from crowdtrain.dashboard.tracker import Reading
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.swarm.optimizer import AveragingStats
@@ -73,6 +74,25 @@ def test_store_keeps_history_peers_and_credit_across_restart(tmp_path):
     assert board[0].recent_average == pytest.approx(accrue(0.0, 640, 60.0, HOUR) * 3600)
     assert board[1].recent_average == 0.0 and board[1].samples_claimed == 50
     assert store.history("run-other") == [] and store.peers("run-other") == []
+    store.close()
+
+
+def test_store_keeps_measured_links_and_upgrades_a_store_written_without_them(tmp_path):
+    path, t0 = tmp_path / "dash.sqlite", 1_000_000.0
+    old = sqlite3.connect(path)  # a store of the version before link columns existed
+    old.executescript(SCHEMA.replace(", upload_mbps REAL, download_mbps REAL", ""))
+    old.execute("INSERT INTO peers VALUES (?, 'QmOld', 'carol', 'full', 'cpu', ?, ?, 10, 0, 8, 0, 1.0, 1, NULL, 1, 0, "
+                "NULL, 0)", (RUN, t0, t0))
+    old.commit()
+    old.close()
+
+    store = DashboardStore(path)
+    store.record(RUN, point(t0 + 5), [peer("QmA", "alice", 100, 0, t0 + 5, upload_mbps=4.8, download_mbps=19.5),
+                                      peer("QmB", "bob", 50, 0, t0 + 5)], HOUR)
+    peers = {p.name: p for p in store.peers(RUN)}
+    assert (peers["alice"].upload_mbps, peers["alice"].download_mbps) == (4.8, 19.5)
+    assert (peers["bob"].upload_mbps, peers["bob"].download_mbps) == (None, None)  # not measured
+    assert peers["carol"].samples == 10 and peers["carol"].upload_mbps is None
     store.close()
 
 

@@ -26,11 +26,14 @@ CREATE TABLE IF NOT EXISTS peers (
     first_seen REAL NOT NULL, last_seen REAL NOT NULL, samples INTEGER NOT NULL, samples_base INTEGER NOT NULL,
     averaged INTEGER NOT NULL, averaged_base INTEGER NOT NULL, samples_per_second REAL NOT NULL,
     epoch INTEGER NOT NULL, loss REAL, averaging_rounds INTEGER NOT NULL, averaging_failures INTEGER NOT NULL,
-    round_seconds REAL, finished INTEGER NOT NULL, PRIMARY KEY (run_id, peer_id));
+    round_seconds REAL, finished INTEGER NOT NULL, upload_mbps REAL, download_mbps REAL,
+    PRIMARY KEY (run_id, peer_id));
 CREATE TABLE IF NOT EXISTS credit (
     run_id TEXT NOT NULL, name TEXT NOT NULL, rate REAL NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (run_id, name));
 """
+ADDED_PEER_COLUMNS = {"upload_mbps": "REAL", "download_mbps": "REAL"}
+"Columns that stores written by earlier versions lack; added when such a store is opened."
 HISTORY_FIELDS = ("time", "global_epoch", "samples", "samples_claimed", "samples_per_second", "loss", "eval_value",
                   "peers_online", "rejected_records")
 
@@ -72,6 +75,9 @@ class PeerRow:
     averaging_failures: int
     round_seconds: Optional[float]
     finished: bool
+    upload_mbps: Optional[float] = None
+    "The peer's measured link, Mbit/s (None: not measured)."
+    download_mbps: Optional[float] = None
 
 
 class DashboardStore:
@@ -86,6 +92,13 @@ class DashboardStore:
         self._lock = threading.Lock()
         with self._lock:
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(peers)")}
+        for name, kind in ADDED_PEER_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE peers ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -125,15 +138,19 @@ class DashboardStore:
         values = (record.name, record.role, record.device, record.time, record.samples, samples_base,
                   max(averaged, record.samples_averaged), averaged_base, record.samples_per_second, record.epoch,
                   record.loss, record.averaging_rounds, record.averaging_failures, record.round_seconds,
-                  int(record.finished))
+                  int(record.finished), record.upload_mbps, record.download_mbps)
         if row is None:
-            self._db.execute("INSERT INTO peers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute("INSERT INTO peers (run_id, peer_id, name, role, device, first_seen, last_seen, samples, "
+                             "samples_base, averaged, averaged_base, samples_per_second, epoch, loss, "
+                             "averaging_rounds, averaging_failures, round_seconds, finished, upload_mbps, "
+                             "download_mbps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (run_id, record.peer_id, *values[:3], now, *values[3:]))
         else:
             self._db.execute(
                 "UPDATE peers SET name = ?, role = ?, device = ?, last_seen = ?, samples = ?, samples_base = ?, "
                 "averaged = ?, averaged_base = ?, samples_per_second = ?, epoch = ?, loss = ?, averaging_rounds = ?, "
-                "averaging_failures = ?, round_seconds = ?, finished = ? WHERE run_id = ? AND peer_id = ?",
+                "averaging_failures = ?, round_seconds = ?, finished = ?, upload_mbps = ?, download_mbps = ? "
+                "WHERE run_id = ? AND peer_id = ?",
                 (*values, run_id, record.peer_id))
         return gain
 
@@ -156,8 +173,9 @@ class DashboardStore:
         rows = self._query(
             "SELECT peer_id, name, role, device, first_seen, last_seen, samples_base + samples, "
             "averaged_base + averaged, samples_per_second, epoch, loss, averaging_rounds, averaging_failures, "
-            "round_seconds, finished FROM peers WHERE run_id = ? ORDER BY first_seen, peer_id", (run_id,))
-        return [PeerRow(*row[:-1], finished=bool(row[-1])) for row in rows]
+            "round_seconds, finished, upload_mbps, download_mbps FROM peers WHERE run_id = ? "
+            "ORDER BY first_seen, peer_id", (run_id,))
+        return [PeerRow(*row[:14], finished=bool(row[14]), upload_mbps=row[15], download_mbps=row[16]) for row in rows]
 
     def leaderboard(self, run_id: str, now: float, half_life: float, online: set[str]) -> list[LeaderboardEntry]:
         rates = {name: decayed(rate, now - updated, half_life)

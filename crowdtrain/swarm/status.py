@@ -26,6 +26,8 @@ def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
         "loss": record.loss,
         "device": record.device,
         "finished": record.finished,
+        "upload_mbps": record.upload_mbps,
+        "download_mbps": record.download_mbps,
     }
 
 

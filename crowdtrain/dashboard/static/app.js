@@ -92,6 +92,11 @@ function renderInfo() {
   if (info.join_address) { $("join-command").textContent = `crowdtrain join ${info.join_address}`; }
 }
 
+function link(up, down) {  // a peer's measured link, Mbit/s; "–" until it is measured
+  const mbps = (v) => num(v, v < 10 ? 1 : 0);
+  return up == null && down == null ? "–" : `${mbps(up)} / ${mbps(down)}`;
+}
+
 function renderPeers(doc) {
   $("peers-empty").hidden = doc.peers.length > 0;
   $("peers").closest(".table-wrap").hidden = doc.peers.length === 0;
@@ -109,6 +114,7 @@ function renderPeers(doc) {
     cell(row, p.device);
     cell(row, String(p.epoch), "num");
     cell(row, p.online ? num(p.samples_per_second, 1) : "departed", "num");
+    cell(row, link(p.upload_mbps, p.download_mbps), "num peer-link");
     cell(row, int(p.samples), "num");
     cell(row, int(p.samples_averaged), "num");
     const share = cell(row, `${(p.share * 100).toFixed(1)}%`, "num");
