@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crowdtrain.testing.link_netns import Link, NamespaceLinks  # noqa: E402
+from crowdtrain.testing.netns import Link, NamespaceLinks  # noqa: E402
 
 METHODS = ("crowdtrain", "crowdtrain-compressed", "hivemind", "gloo")
 GLOO_PORT = 29500

@@ -9,9 +9,15 @@ parallel connections split the link instead of each getting it whole. The sender
 recognised by its source address: a peer that dials out from its own ``127.0.0.x`` (libp2p does,
 its TCP transport reuses the listening address) is shaped on both ends; any other client only on
 the receiving peer's end. Latency is added after the pipes, without holding the pipes.
+
+``python -m crowdtrain.testing.link_proxy HOST PORT --rtt-ms R`` runs one such link as a process
+(:meth:`crowdtrain.testing.netns.NamespaceLinks.expose` starts it inside a peer's namespace): it
+prints ``listening on port P`` and delays both directions of every connection to ``HOST:P`` by
+``R / 2`` on the way to ``HOST:PORT``, until it is terminated.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import threading
 import time
@@ -173,3 +179,21 @@ class LinkProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CONNECT_TIMEOUT)
         self._loop.close()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="delay every connection to HOST:PORT (a proxy port on HOST)")
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--rtt-ms", type=float, required=True, help="round-trip time added to each connection")
+    parser.add_argument("--listen-port", type=int, default=0)
+    args = parser.parse_args(argv)
+    one_way = Direction(latency_ms=args.rtt_ms / 2)
+    with LinkProxy() as proxy:
+        port = proxy.add_peer(args.host, args.port, ProxyLink(upload=one_way, download=one_way), args.listen_port)
+        print(f"listening on port {port}", flush=True)
+        threading.Event().wait()  # until SIGTERM
+
+
+if __name__ == "__main__":
+    main()
