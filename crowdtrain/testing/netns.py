@@ -9,13 +9,14 @@ the same links, so comparisons are fair. The host-side counters of a peer's veth
 wire (:meth:`NamespaceLinks.traffic`).
 
 Latency: ``tbf`` cannot delay and this kernel has no ``netem`` (``tc qdisc add ... netem`` answers
-"Specified qdisc kind is unknown"), so a link's ``rtt_ms`` is added in user space:
-:meth:`NamespaceLinks.expose` starts :mod:`crowdtrain.testing.link_proxy` inside the peer's namespace,
-in front of one of its listening ports, and drops direct dials of that port from the link; the peer
-announces the proxy's port. A connection then has the round-trip time of the peer that accepted it.
-The proxy delays data but not TCP's own acknowledgements across the link, so a window-limited
-transfer is not slowed by the added RTT as it would be on a real path; request/response exchanges
-(matchmaking, DHT lookups, each all-reduce part's turn) see the full RTT.
+"Specified qdisc kind is unknown"), so a link's ``rtt_ms`` is added in user space: an ``iptables``
+rule in the peer's namespace redirects every TCP connection it dials over its link to a delaying
+proxy in that namespace (:mod:`crowdtrain.testing.link_proxy`, outbound form), which dials the
+original destination from the peer's own address. A connection therefore has the RTT of the peer
+that dialled it, and the accepting peer sees the dialler's real address. The proxy delays data but
+not TCP's own acknowledgements across the link, so a window-limited transfer is not slowed by the
+added RTT as on a real path; request/response exchanges (matchmaking, DHT lookups, each all-reduce
+part's turn) see the full RTT.
 
 Undialable peers: ``Link(dialable=False)`` drops every TCP connection attempt that arrives over the
 link (``iptables``, inside the namespace); the peer can still dial out, like a peer behind a NAT.
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from crowdtrain.testing.link_proxy import PROXY_MARK
+
 SUBNET = "10.213.0"
 TBF_LATENCY_MS = 200
 MIN_BURST_BYTES = 16 * 1024
@@ -58,7 +61,7 @@ class Link:
     download_mbps: Optional[float] = None
     "Mbit/s this peer receives at most (``None``: unshaped)."
     rtt_ms: float = 0.0
-    "Round-trip time added to connections to the ports this peer :meth:`~NamespaceLinks.expose` s."
+    "Round-trip time added to every TCP connection this peer dials over the link."
     dialable: bool = True
     "False: connection attempts arriving over the link are dropped (the peer can still dial out)."
 
@@ -146,24 +149,6 @@ class NamespaceLinks:
         """Bytes sent by the peers ``indices`` (default: all)."""
         return sum(self.traffic(i).sent for i in (indices or range(len(self.links))))
 
-    def expose(self, index: int, port: int) -> int:
-        """The port other peers should dial to reach ``port`` of peer ``index`` across its link's RTT.
-
-        With ``rtt_ms`` 0 that is ``port`` itself. Otherwise a delaying proxy in the peer's namespace
-        listens on a port of its own and forwards to ``port``, which is closed to direct dials from the
-        link; the peer should announce the returned port.
-        """
-        rtt_ms = self.links[index].rtt_ms
-        if rtt_ms == 0:
-            return port
-        self._firewall(index, ["--dport", str(port)])
-        proxy = self.popen(index, [sys.executable, "-m", "crowdtrain.testing.link_proxy", self.address(index),
-                                   str(port), "--rtt-ms", str(rtt_ms)], stdout=subprocess.PIPE, text=True)
-        line = _read_line(proxy, PROXY_START_TIMEOUT)
-        if not line.startswith("listening on port "):
-            raise NamespaceError(f"the link proxy of peer {index} did not start: {line!r}")
-        return int(line.split()[-1])
-
     def exec_argv(self, index: int, argv: Sequence[str]) -> list[str]:
         """``argv`` prefixed so that it runs in peer ``index``'s namespace."""
         return ["ip", "netns", "exec", self.namespace(index), *argv]
@@ -210,14 +195,25 @@ class NamespaceLinks:
         if link.download_mbps is not None:
             _run(["tc", "qdisc", "add", "dev", host_end, *_tbf(link.download_mbps)])
         if not link.dialable:
-            self._firewall(index, [])
+            self._iptables(index, ["-A", "INPUT", "-i", peer_end, "-p", "tcp", "--syn", "-j", "DROP"])
+        if link.rtt_ms > 0:
+            self._delay_outbound(index, link.rtt_ms)
 
-    def _firewall(self, index: int, match: Sequence[str]) -> None:
-        """Drop TCP connection attempts (SYN) that reach peer ``index`` over its link and match ``match``."""
+    def _delay_outbound(self, index: int, rtt_ms: float) -> None:
+        """Start the delaying proxy in peer ``index``'s namespace and redirect its outbound TCP to it."""
+        proxy = self.popen(index, [sys.executable, "-m", "crowdtrain.testing.link_proxy", "--rtt-ms", str(rtt_ms)],
+                           stdout=subprocess.PIPE, text=True)
+        line = _read_line(proxy, PROXY_START_TIMEOUT)
+        if not line.startswith("listening on port "):
+            raise NamespaceError(f"the link proxy of peer {index} did not start: {line!r}")
+        outbound = ["-t", "nat", "-A", "OUTPUT", "-o", self.interface(index), "-p", "tcp"]
+        self._iptables(index, [*outbound, "-m", "mark", "--mark", str(PROXY_MARK), "-j", "RETURN"])
+        self._iptables(index, [*outbound, "-j", "REDIRECT", "--to-ports", line.split()[-1]])
+
+    def _iptables(self, index: int, rule: Sequence[str]) -> None:
         if shutil.which("iptables") is None:
             raise NamespaceError("`iptables` is not installed: links with rtt_ms or dialable=False need it")
-        _run(["ip", "netns", "exec", self.namespace(index), "iptables", "-A", "INPUT", "-i", self.interface(index),
-              "-p", "tcp", "--syn", *match, "-j", "DROP"])
+        _run(["ip", "netns", "exec", self.namespace(index), "iptables", *rule])
 
     def close(self) -> None:
         """End every process in our namespaces, then delete our interfaces, namespaces and bridge."""
