@@ -1,6 +1,8 @@
 """Issue 5's internet scenarios, each peer (coordinator too) in its own namespace behind an emulated home link:
 100 ms RTT on every connection, 20 Mbit/s down / 5 Mbit/s up for the volunteers (the coordinator's link
-is unshaped: a server). CI sizes: albert-tiny, micro-batch 4, a global batch of 32, three epochs."""
+is unshaped: a server). CI sizes: albert-tiny, micro-batch 4, a global batch of 128, three epochs; each
+volunteer's compute is slowed 4x (``--throttle 3``) so that an epoch outlasts the few seconds by which
+the volunteers' starts differ (otherwise the first two race through the epochs alone)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +21,7 @@ RTT_MS = 100.0
 HOME = Link(upload_mbps=5.0, download_mbps=20.0, rtt_ms=RTT_MS)
 SERVER = Link(rtt_ms=RTT_MS)
 MAX_EPOCHS = 3
-COORDINATOR_ARGS = ["--target-batch-size", "32", "--max-epochs", str(MAX_EPOCHS), "--matchmaking-time", "3",
+COORDINATOR_ARGS = ["--target-batch-size", "128", "--max-epochs", str(MAX_EPOCHS), "--matchmaking-time", "3",
                     "--request-timeout", "1", "--averaging-timeout", "60", "--log-interval", "1"]
 VOLUNTEER_TIMEOUT = 240
 
@@ -32,7 +34,7 @@ def _run(local_swarm, tmp_path: Path, volunteer_links: list[Link]) -> tuple[list
         try:
             _, address = wan.start_coordinator([*COORDINATOR_ARGS, "--run-dir", str(tmp_path / "run"),
                                                 "--history", str(history)])
-            volunteers = [wan.start_volunteer(i, address, ["--batch-size", "4", "--export", str(tmp_path / f"p{i}.pt")])
+            volunteers = [wan.start_volunteer(i, address, ["--batch-size", "4", "--throttle", "3", "--export", str(tmp_path / f"p{i}.pt")])
                           for i in range(1, len(volunteer_links) + 1)]
             for volunteer in volunteers:
                 assert volunteer.popen.wait(timeout=VOLUNTEER_TIMEOUT) == 0, volunteer.log()[-3000:]
