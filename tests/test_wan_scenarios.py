@@ -16,7 +16,11 @@ from crowdtrain.testing.netns import Link, NamespaceLinks, namespaces_available
 from crowdtrain.testing.wan_swarm import WanSwarm
 
 AVAILABLE, REASON = namespaces_available(firewall=True)
-pytestmark = [pytest.mark.skipif(not AVAILABLE, reason=f"link emulator: {REASON}"), pytest.mark.timeout(300)]
+# slow until they fit CI: the in-sync scenario took 219 s and 269 s here (CI share: about 4 min for all of
+# issue 5) and failed once (two volunteers crashed loading a state, IndexError in hivemind's
+# load_optimizer_state); the undialable scenario has not been run yet
+pytestmark = [pytest.mark.skipif(not AVAILABLE, reason=f"link emulator: {REASON}"), pytest.mark.slow,
+              pytest.mark.timeout(400)]
 RTT_MS = 100.0
 HOME = Link(upload_mbps=5.0, download_mbps=20.0, rtt_ms=RTT_MS)
 SERVER = Link(rtt_ms=RTT_MS)
