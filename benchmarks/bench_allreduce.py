@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crowdtrain.testing.link_netns import Link, NamespaceLinks  # noqa: E402
+from crowdtrain.testing.netns import Link, NamespaceLinks  # noqa: E402
 
 METHODS = ("crowdtrain", "crowdtrain-compressed", "hivemind", "gloo")
 GLOO_PORT = 29500
@@ -144,7 +144,7 @@ class Worker:
 
 def _start(net: NamespaceLinks, args: argparse.Namespace, method: str, rank: int, initial: str = "") -> Worker:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "GLOO_SOCKET_IFNAME": f"{net.prefix}p{rank}"}
+           "GLOO_SOCKET_IFNAME": net.interface(rank)}
     argv = [sys.executable, __file__, "--worker", method, "--rank", str(rank), "--peers", str(args.peers),
             "--mbytes", str(args.mbytes), "--address", net.address(rank), "--master", net.address(0)]
     if initial:

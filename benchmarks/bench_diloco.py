@@ -1,8 +1,8 @@
 """Low-communication mode vs. standard mode vs. an all-reduce every step: bytes on the wire per sample
 and held-out loss after the same number of samples, all measured in the same run.
 
-Every peer runs in its own network namespace on a private bridge (crowdtrain.testing.netns; needs
-root), so its bytes are read from its own link's counters: all of its traffic (DHT, progress
+Every peer, the coordinator too, runs in its own network namespace on a private bridge
+(crowdtrain.testing.netns, unshaped links; needs root), so a volunteer's bytes are read from its own link's counters: all of its traffic (DHT, progress
 records, matchmaking, all-reduce, state downloads), never computed from tensor sizes. Scenarios:
 
 - standard: DeDLOC-style global batch (``--mode standard --target-batch-size B``);
@@ -37,10 +37,11 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.process import die_with_parent
 from crowdtrain.swarm.status import read_history
 from crowdtrain.testing.local_swarm import ADDRESS_RE
-from crowdtrain.testing.netns import NetnsLab
+from crowdtrain.testing.netns import Link, NamespaceLinks
 from crowdtrain.trainers import get_recipe
 
 BATCH = 8
+COORDINATOR = 0  # namespace index of the coordinator; volunteers are 1..peers
 COMMON = ["--matchmaking-time", "2", "--request-timeout", "0.5", "--averaging-timeout", "30",
           "--load-state-timeout", "30", "--log-interval", "0.5"]
 
@@ -100,11 +101,12 @@ def stop(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait(10)
 
 
-def start_coordinator(lab: NetnsLab, workdir: Path, scenario: Scenario, key: Path,
+def start_coordinator(net: NamespaceLinks, workdir: Path, scenario: Scenario, key: Path,
                       run_dir: Path) -> tuple[subprocess.Popen, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "coordinator.log"
-    command = [sys.executable, "-m", "crowdtrain", "coordinator", "--host", lab.host_ip, "--no-port-mapping",
+    command = [*net.exec_argv(COORDINATOR, [sys.executable]), "-m", "crowdtrain", "coordinator",
+               "--host", net.address(COORDINATOR), "--no-port-mapping",
                "--identity", str(key), "--run-dir", str(run_dir), "--history", str(workdir / "history.jsonl"),
                "--max-epochs", str(scenario.max_epochs), *COMMON, *scenario.coordinator_args]
     process = spawn(command, log)
@@ -119,36 +121,36 @@ def start_coordinator(lab: NetnsLab, workdir: Path, scenario: Scenario, key: Pat
     raise RuntimeError("coordinator printed no address")
 
 
-def run_swarm(lab: NetnsLab, scenario: Scenario, workdir: Path, key: Path, run_dir: Path, recipe) -> Result:
+def run_swarm(net: NamespaceLinks, scenario: Scenario, workdir: Path, key: Path, run_dir: Path, recipe) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
-    coordinator, address = start_coordinator(lab, workdir, scenario, key, run_dir)
+    coordinator, address = start_coordinator(net, workdir, scenario, key, run_dir)
     volunteers = []
-    started, before = time.monotonic(), lab.total_sent()
+    started, before = time.monotonic(), net.total_sent(volunteers_of(net))
     try:
-        for i, link in enumerate(lab.peers):
-            command = [*lab.launcher(i), sys.executable, "-m", "crowdtrain", "join", address, "--host", link.address,
+        for i in volunteers_of(net):
+            command = [*net.exec_argv(i, [sys.executable]), "-m", "crowdtrain", "join", address, "--host", net.address(i),
                        "--no-port-mapping", "--name", f"p{i}", "--batch-size", str(BATCH),
                        "--identity", str(Identity.temporary().path), "--report", str(workdir / f"p{i}.json"),
                        "--export", str(workdir / f"p{i}.pt")]
             volunteers.append(spawn(command, workdir / f"p{i}.log"))
-        window = watch_window(lab, workdir / "history.jsonl", scenario.max_epochs, volunteers)
+        window = watch_window(net, workdir / "history.jsonl", scenario.max_epochs, volunteers)
         for v in volunteers:
             v.wait(timeout=180)
     finally:
         stop(volunteers)
         stop([coordinator])
-    reports = [json.loads((workdir / f"p{i}.json").read_text()) for i in range(len(lab.peers))]
+    reports = [json.loads((workdir / f"p{i}.json").read_text()) for i in volunteers_of(net)]
     samples = sum(r["samples"] for r in reports)
     (bytes_start, samples_start), (bytes_end, samples_end) = window
     return Result(scenario=scenario.name, samples=samples, window_samples=samples_end - samples_start,
                   window_bytes_sent=bytes_end - bytes_start,
                   bytes_per_sample=(bytes_end - bytes_start) / max(1, samples_end - samples_start),
-                  whole_run_bytes_per_sample=(lab.total_sent() - before) / max(1, samples),
-                  heldout_loss=heldout_loss(recipe, workdir / "p0.pt"), seconds=time.monotonic() - started,
+                  whole_run_bytes_per_sample=(net.total_sent(volunteers_of(net)) - before) / max(1, samples),
+                  heldout_loss=heldout_loss(recipe, workdir / "p1.pt"), seconds=time.monotonic() - started,
                   epochs=min(r["final_epoch"] for r in reports))
 
 
-def watch_window(lab: NetnsLab, history: Path, max_epochs: int,
+def watch_window(net: NamespaceLinks, history: Path, max_epochs: int,
                  volunteers: list[subprocess.Popen]) -> tuple[tuple[int, int], tuple[int, int]]:
     """((bytes sent, samples) when every peer is in at epoch >= 1, (bytes, samples) at the final epoch)."""
     start: Optional[tuple[int, int]] = None
@@ -158,8 +160,8 @@ def watch_window(lab: NetnsLab, history: Path, max_epochs: int,
         statuses = read_history(history)
         for status in statuses[seen:]:
             peers = status["peers"]
-            snapshot = (lab.total_sent(), sum(p["samples"] for p in peers))
-            if start is None and len(peers) == len(lab.peers) and status["global_epoch"] >= 1:
+            snapshot = (net.total_sent(volunteers_of(net)), sum(p["samples"] for p in peers))
+            if start is None and len(peers) == len(volunteers_of(net)) and status["global_epoch"] >= 1:
                 start = snapshot
             if start is not None and status["global_epoch"] >= max_epochs:
                 return start, snapshot
@@ -170,28 +172,33 @@ def watch_window(lab: NetnsLab, history: Path, max_epochs: int,
     raise RuntimeError("the run did not reach its final epoch")
 
 
-def run_allreduce(lab: NetnsLab, steps: int, workdir: Path, run_dir: Path, recipe) -> Result:
+def run_allreduce(net: NamespaceLinks, steps: int, workdir: Path, run_dir: Path, recipe) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
-    before = lab.total_sent()
+    ranks = volunteers_of(net)
+    before = net.total_sent(ranks)
     started = time.monotonic()
-    workers = [spawn([*lab.launcher(i), sys.executable, str(Path(__file__).parent / "allreduce_worker.py"),
-                      "--rank", str(i), "--world-size", str(len(lab.peers)), "--master", f"{lab.peers[0].address}:29533",
+    workers = [spawn([*net.exec_argv(i, [sys.executable]), str(Path(__file__).parent / "allreduce_worker.py"),
+                      "--rank", str(rank), "--world-size", str(len(ranks)), "--master", f"{net.address(ranks[0])}:29533",
                       "--run-dir", str(run_dir), "--steps", str(steps), "--batch-size", str(BATCH),
-                      *(["--export", str(workdir / "p0.pt")] if i == 0 else [])], workdir / f"rank{i}.log",
-                     env={"GLOO_SOCKET_IFNAME": lab.peers[i].peer_veth})
-               for i in range(len(lab.peers))]
+                      *(["--export", str(workdir / "p1.pt")] if rank == 0 else [])], workdir / f"rank{rank}.log",
+                     env={"GLOO_SOCKET_IFNAME": net.interface(i)})
+               for rank, i in enumerate(ranks)]
     try:
         codes = [w.wait(timeout=3600) for w in workers]
     finally:
         stop(workers)
     if any(codes):
         raise RuntimeError(f"all-reduce workers failed: {codes}; see {workdir}")
-    samples = len(lab.peers) * BATCH * steps
-    sent = lab.total_sent() - before
+    samples = len(ranks) * BATCH * steps
+    sent = net.total_sent(ranks) - before
     return Result(scenario="allreduce every step (gloo)", samples=samples, window_samples=samples,
                   window_bytes_sent=sent, bytes_per_sample=sent / samples, whole_run_bytes_per_sample=sent / samples,
                   heldout_loss=heldout_loss(recipe, workdir / "p0.pt"), seconds=time.monotonic() - started,
                   epochs=steps)
+
+
+def volunteers_of(net: NamespaceLinks) -> list[int]:
+    return [i for i in range(len(net.links)) if i != COORDINATOR]
 
 
 def heldout_loss(recipe, export: Path) -> float:
@@ -205,9 +212,9 @@ def load_recipe(run_dir: Path):
     return get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / "assets.bin").read_bytes())
 
 
-def prepare_run_dir(lab: NetnsLab, workdir: Path, key: Path, run_dir: Path) -> None:
+def prepare_run_dir(net: NamespaceLinks, workdir: Path, key: Path, run_dir: Path) -> None:
     """Start a coordinator once so that the run directory (recipe, tokenizer) exists; later ones resume it."""
-    process, _ = start_coordinator(lab, workdir, Scenario("prepare"), key, run_dir)
+    process, _ = start_coordinator(net, workdir, Scenario("prepare"), key, run_dir)
     stop([process])
 
 
@@ -226,8 +233,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-diloco-"))
     key, run_dir = workdir / "coordinator.key", workdir / "run"
     results = []
-    with NetnsLab(peers=args.peers) as lab:
-        prepare_run_dir(lab, workdir / "prepare", key, run_dir)
+    with NamespaceLinks([Link()] * (args.peers + 1)) as net:
+        prepare_run_dir(net, workdir / "prepare", key, run_dir)
         recipe = load_recipe(run_dir)
         initial = recipe.evaluate_loss(recipe.build_model())
         print(json.dumps({"initial_heldout_loss": initial}), flush=True)
@@ -235,8 +242,8 @@ def main() -> None:
             if args.only and not any(scenario.name.startswith(p) for p in args.only):
                 continue
             target = workdir / f"s{index}"
-            result = (run_allreduce(lab, args.steps, target, run_dir, recipe) if scenario.allreduce
-                      else run_swarm(lab, scenario, target, key, run_dir, recipe))
+            result = (run_allreduce(net, args.steps, target, run_dir, recipe) if scenario.allreduce
+                      else run_swarm(net, scenario, target, key, run_dir, recipe))
             results.append(result)
             print(json.dumps(asdict(result)), flush=True)
     summary = {"peers": args.peers, "steps": args.steps, "micro_batch": BATCH, "initial_heldout_loss": initial,

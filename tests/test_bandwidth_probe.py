@@ -9,7 +9,7 @@ import hivemind
 import pytest
 
 from crowdtrain.peers.bandwidth import measure_link, serve_bandwidth_probe
-from crowdtrain.testing.link_netns import Link, NamespaceLinks, namespaces_available
+from crowdtrain.testing.netns import Link, NamespaceLinks, namespaces_available
 
 LOOPBACK = dict(host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False, startup_timeout=30)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crowdtrain.testing.link_netns import namespaces_available
+from crowdtrain.testing.netns import namespaces_available
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_allreduce.py"
 

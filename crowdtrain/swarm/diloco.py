@@ -182,6 +182,10 @@ class OuterStateView:
     def local_epoch(self) -> int:
         return self._driver.local_epoch
 
+    @property
+    def client_mode(self) -> bool:
+        return self._driver.averager.client_mode
+
     def step(self, wait_for_delayed_updates: bool = True) -> None:
         """Nothing is pending: outer rounds run in the foreground."""
 

@@ -75,7 +75,12 @@ class RunFinisher:
         return self._adopt_canonical(canonical)
 
     def _serve_as_canonical(self) -> bool:
-        self.optimizer.state_averager.state_sharing_priority = CANONICAL_PRIORITY
+        averager = self.optimizer.state_averager
+        if averager.client_mode:  # only client peers are left: nobody can download from one, each keeps its own
+            self.state.finished = True
+            self.publish()
+            return False
+        averager.state_sharing_priority = CANONICAL_PRIORITY
         self.state.finished = True
         self.publish()
         self._wait(lambda live: all(r.finished for r in live if r.peer_id != self.me))

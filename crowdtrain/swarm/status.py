@@ -26,6 +26,9 @@ def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
         "loss": record.loss,
         "device": record.device,
         "finished": record.finished,
+        "samples_averaged": record.samples_averaged,
+        "averaging_rounds": record.averaging_rounds,
+        "round_seconds": record.round_seconds,
         "upload_mbps": record.upload_mbps,
         "download_mbps": record.download_mbps,
     }

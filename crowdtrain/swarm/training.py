@@ -20,14 +20,19 @@ class LocalStats:
     samples: int = 0
     steps: int = 0
     samples_per_second: float = 0.0
+    compute_seconds: float = 0.0
+    "Time spent in forward and backward passes."
+    training_seconds: float = 0.0
+    "Wall time from the start of the first step to the end of the last (compute, averaging and waits)."
     epochs_seen: set[int] = field(default_factory=set)
     loss_history: list[tuple[float, int, float]] = field(default_factory=list)
     "(unix time, global epoch, loss) of every local step."
     _recent_losses: deque = field(default_factory=lambda: deque(maxlen=20))
     _ema_alpha: float = 0.1
 
-    def record(self, *, samples: int, seconds: float, loss: float, epoch: int) -> None:
+    def record(self, *, samples: int, seconds: float, compute_seconds: float, loss: float, epoch: int) -> None:
         self.samples += samples
+        self.compute_seconds += compute_seconds
         self.steps += 1
         self.epochs_seen.add(epoch)
         rate = samples / max(seconds, 1e-6)
@@ -50,10 +55,13 @@ class TrainingLoop:
         self.recipe, self.model, self.optimizer = recipe, model, optimizer
         self.batches, self.batch_size, self.device, self.throttle = batches, batch_size, device, throttle
         self.stats = LocalStats()
+        self._first_step_at: Optional[float] = None
 
     def step(self) -> float:
         """One micro-batch; returns its loss."""
         started = time.perf_counter()
+        if self._first_step_at is None:
+            self._first_step_at = started
         batch = {k: v.to(self.device) for k, v in next(self.batches).items()}
         loss = self.recipe.loss(self.model, batch)
         loss.backward()
@@ -63,6 +71,8 @@ class TrainingLoop:
         if self.throttle > 0:
             time.sleep(self.throttle * compute)
         value = float(loss.detach())
-        self.stats.record(samples=self.batch_size, seconds=time.perf_counter() - started, loss=value,
+        ended = time.perf_counter()
+        self.stats.record(samples=self.batch_size, seconds=ended - started, compute_seconds=compute, loss=value,
                           epoch=self.optimizer.local_epoch)
+        self.stats.training_seconds = ended - self._first_step_at
         return value

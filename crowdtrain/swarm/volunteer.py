@@ -51,6 +51,10 @@ class VolunteerReport:
     run_id: str = ""
     samples: int = 0
     steps: int = 0
+    compute_seconds: float = 0.0
+    "Time spent in forward and backward passes."
+    training_seconds: float = 0.0
+    "Wall time from the first local step to the last; compute_seconds / training_seconds is the utilisation."
     final_epoch: int = 0
     epochs_seen: list[int] = field(default_factory=list)
     loss_history: list[tuple[float, int, float]] = field(default_factory=list)
@@ -295,6 +299,7 @@ class Volunteer:
     def _finish_report(self, loop: TrainingLoop, epoch: int) -> None:
         stats = loop.stats
         self.report.samples, self.report.steps, self.report.final_epoch = stats.samples, stats.steps, epoch
+        self.report.compute_seconds, self.report.training_seconds = stats.compute_seconds, stats.training_seconds
         self.report.epochs_seen = sorted(stats.epochs_seen)
         self.report.loss_history = stats.loss_history
 

@@ -3,7 +3,7 @@
 - ``local_swarm.py``: :class:`LocalSwarm`, launches coordinator and volunteers as real processes on
   loopback and reaps every one of them.
 - ``netns.py``: :class:`NamespaceLinks`, each peer in its own network namespace behind a shaped
-  upload/download link (root).
+  upload/download link, optionally with added RTT or undialable, and its bytes on the wire (root).
 - ``link_proxy.py``: :class:`LinkProxy`, a TCP proxy adding latency and bandwidth limits per peer and
   direction (no root).
 """

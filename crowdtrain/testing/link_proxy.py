@@ -9,10 +9,20 @@ parallel connections split the link instead of each getting it whole. The sender
 recognised by its source address: a peer that dials out from its own ``127.0.0.x`` (libp2p does,
 its TCP transport reuses the listening address) is shaped on both ends; any other client only on
 the receiving peer's end. Latency is added after the pipes, without holding the pipes.
+
+``python -m crowdtrain.testing.link_proxy --rtt-ms R`` is the *outbound* form, for a peer in a network
+namespace (:class:`crowdtrain.testing.netns.NamespaceLinks` starts it there): an ``iptables`` rule
+redirects every TCP connection the peer dials to this proxy, which finds the original destination
+(``SO_ORIGINAL_DST``), dials it from the peer's own address (its socket carries ``PROXY_MARK``, which
+the rule lets through) and delays each direction by ``R / 2``. The accepting peer sees the dialler's
+real address, so address-based checks (reachability dial-back) behave as on a real network. It prints
+``listening on port P`` and runs until it is terminated.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +30,10 @@ from typing import Optional
 
 CHUNK_BYTES = 16 * 1024
 CONNECT_TIMEOUT = 10.0
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+SO_MARK = 36  # asm-generic/socket.h
+PROXY_MARK = 1
+"Firewall mark of the outbound proxy's own connections (so that they are not redirected to itself)."
 BURST_SECONDS = 0.05  # an idle pipe may send this much of its rate at once (hides the event loop's wake-up lag)
 
 
@@ -173,3 +187,59 @@ class LinkProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CONNECT_TIMEOUT)
         self._loop.close()
+
+
+
+
+def _original_destination(writer: asyncio.StreamWriter) -> tuple[str, int]:
+    raw = writer.get_extra_info("socket").getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+
+
+async def _dial_marked(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_MARK, PROXY_MARK)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), CONNECT_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+async def _relay_outbound(link: ProxyLink, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        up_reader, up_writer = await _dial_marked(*_original_destination(writer))
+    except (OSError, asyncio.TimeoutError):
+        writer.close()
+        return
+    upload, download = _Pipe(link.upload), _Pipe(link.download)
+    try:
+        await asyncio.gather(_forward(reader, up_writer, [upload]), _forward(up_reader, writer, [download]))
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+        up_writer.close()
+
+
+async def serve_outbound(link: ProxyLink, port: int = 0) -> None:
+    """Relay connections redirected to ``127.0.0.1:port`` to their original destinations through ``link``."""
+    server = await asyncio.start_server(lambda r, w: _relay_outbound(link, r, w), "127.0.0.1", port)
+    print(f"listening on port {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="delay every TCP connection redirected here (outbound proxy)")
+    parser.add_argument("--rtt-ms", type=float, required=True, help="round-trip time added to each connection")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    args = parser.parse_args(argv)
+    one_way = Direction(latency_ms=args.rtt_ms / 2)
+    asyncio.run(serve_outbound(ProxyLink(upload=one_way, download=one_way), args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -75,11 +75,12 @@ class LocalSwarm:
         return peer
 
     def start_coordinator(self, args: Sequence[str] = (), name: str = "coordinator", timeout: float = 120.0,
-                          identity: Optional[Identity] = None) -> tuple[PeerProcess, str]:
+                          identity: Optional[Identity] = None, launcher: Optional[Sequence[str]] = None,
+                          network: Sequence[str] = ("--loopback",)) -> tuple[PeerProcess, str]:
         """Start ``crowdtrain coordinator --loopback ...`` (a fresh identity unless one is given: a restart);
-        returns it and its address once the run is published."""
-        peer = self._spawn(name, "coordinator", ["coordinator", "--loopback", *args], report=False,
-                           identity=identity)
+        returns it and its address once the run is published. ``launcher`` and ``network`` as for volunteers."""
+        peer = self._spawn(name, "coordinator", ["coordinator", *network, *args], report=False,
+                           identity=identity, launcher=launcher)
         return peer, self.wait_for_address(peer, timeout)
 
     def wait_for_address(self, peer: PeerProcess, timeout: float, pattern: re.Pattern = ADDRESS_RE,
@@ -105,10 +106,12 @@ class LocalSwarm:
         return peer, self.wait_for_dashboard(peer, timeout)
 
     def start_volunteer(self, name: str, addresses: Sequence[str], args: Sequence[str] = (),
-                        launcher: Optional[Sequence[str]] = None, identity: Optional[Identity] = None) -> PeerProcess:
+                        launcher: Optional[Sequence[str]] = None, identity: Optional[Identity] = None,
+                        network: Sequence[str] = ("--loopback",)) -> PeerProcess:
         """Start ``crowdtrain join --loopback ADDRESS ...`` with a fresh identity (unless given) and a JSON report
-        (``launcher`` replaces ``python -m crowdtrain``, e.g. for a benchmark's control volunteer)."""
-        return self._spawn(name, "volunteer", ["join", *addresses, "--loopback", "--name", name, *args], report=True,
+        (``launcher`` replaces ``python -m crowdtrain``, e.g. for a benchmark's control volunteer or to run in a
+        network namespace; ``network`` replaces ``--loopback``)."""
+        return self._spawn(name, "volunteer", ["join", *addresses, *network, "--name", name, *args], report=True,
                            identity=identity, launcher=launcher)
 
     def signal(self, peer: PeerProcess, sig: int) -> None:
