@@ -79,6 +79,9 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                        max_epochs=args.steps // h) for h in args.eight_bit]
     found += [Scenario(f"diloco H={h} fp16", ["--mode", "diloco", "--inner-steps", str(h), "--compression", "fp16"],
                        max_epochs=args.steps // h) for h in args.fp16]
+    found += [Scenario(f"diloco H={h} 8-bit+EF", ["--mode", "diloco", "--inner-steps", str(h), "--compression", "8bit",
+                                                  "--error-feedback"], max_epochs=args.steps // h)
+              for h in args.error_feedback]
     return found + [Scenario("allreduce every step (gloo)", allreduce=True)]
 
 
@@ -226,6 +229,8 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, nargs="*", default=[25, 50, 100])
     parser.add_argument("--eight-bit", type=int, nargs="*", default=[50], help="H values also run with 8-bit deltas")
     parser.add_argument("--fp16", type=int, nargs="*", default=[50], help="H values also run with fp16 deltas")
+    parser.add_argument("--error-feedback", type=int, nargs="*", default=[],
+                        help="H values also run with 8-bit deltas and error feedback")
     parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
