@@ -59,8 +59,12 @@ class IntegrityConfig:
 
     aggregator: str = "centered_clip"
     "mean (hivemind's weighted mean, no checks), centered_clip (BTARD) or trimmed_mean (coordinate-wise)."
-    clip_multiplier: float = 1.0
-    "CenteredClip radius tau = this x the median distance of the contributions to their coordinate-wise median."
+    clip_multiplier: float = 1.5
+    """CenteredClip radius tau = this x the median distance of the contributions to their coordinate-wise median.
+    Above the spread of honest contributions (up to 1.5x the median in the recorded albert-tiny gradients), so that
+    a clean round's aggregate is the weighted mean. At 1, half of the honest contributions were clipped in every
+    round: the aggregate leaned away from the noisiest honest peers, whose check of it then failed, so they stepped
+    on their own gradients for that share (peers drifted apart) and struck honest reducers."""
     clip_iterations: int = 5
     "CenteredClip fixed-point iterations."
     trim_fraction: float = 0.25
