@@ -97,13 +97,6 @@ class IntegrityConfig:
         return self.aggregator != "mean"
 
 
-def plain_mean() -> IntegrityConfig:
-    """A run's default: hivemind's weighted mean. The robust aggregators are opt-in (``--aggregator``):
-    in clean 4-peer runs with CenteredClip the peers' parameters ended up to 0.086 apart, against
-    bit-identical with the mean."""
-    return IntegrityConfig(aggregator="mean")
-
-
 RUN_MODES = ("standard", "diloco")
 DILOCO_COMPRESSIONS = ("none", "fp16", "8bit")
 
@@ -157,7 +150,7 @@ class RunConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     created_at: float = 0.0
     version: int = RUN_CONFIG_VERSION
-    integrity: IntegrityConfig = field(default_factory=plain_mean)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     "Contribution checks, robust aggregator and bans; absent in older configurations (defaults apply)."
     mode: str = "standard"
     "standard: one averaged optimizer step per global batch; diloco: see :class:`DiLoCoConfig` (epochs are rounds)."
@@ -314,7 +307,7 @@ class CoordinatorConfig:
     target_batch_size: int = 256
     max_epochs: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
-    integrity: IntegrityConfig = field(default_factory=plain_mean)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     mode: str = "standard"
     diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
     hparams: dict[str, Any] = field(default_factory=dict)
