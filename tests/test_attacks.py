@@ -1,14 +1,19 @@
 """A hostile volunteer holding a share of the all-reduce, end to end: 4 peers, albert-tiny.
 
 Each scenario is compared with a clean run of the same length (same global epochs, so the same
-number of samples folded into the model) in the same test: with defences on the final held-out loss
-stays within 5% of the clean run's and the offender is detected; with defences off (hivemind's plain
-mean, the control) the same attack does measurable damage: a loss above the clean run's by more than
-20x the clean-to-clean difference, and above the defended run's. CI runs one attack; ``--runslow`` the rest.
+number of samples folded into the model) in the same test: the clean robust run ends with every peer
+holding the same model; with defences on the final held-out loss stays within 5% of the clean run's
+and the offender is detected; with defences off (hivemind's plain mean, the control) the same attack
+does measurable damage: a loss above the clean run's by more than the spread between clean runs, and
+above the defended run's. CI runs one attack at CI size (4 epochs, 8 s averaging timeout: at 3
+epochs the control's damage fell under the noise bound in one of three runs); ``--runslow`` runs every
+attack at full size.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -16,23 +21,25 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.testing.attacks import Outcome, Scenario, run_scenario
 from crowdtrain.testing.local_swarm import LocalSwarm
 
-CI_EPOCHS, SLOW_EPOCHS = 4, 6
+CI_SIZE = Scenario(attack=None, aggregator="centered_clip", max_epochs=4, averaging_timeout=8.0)
+FULL_SIZE = Scenario(attack=None, aggregator="centered_clip", max_epochs=6)
 TOLERANCE = 0.05
-NOISE = 0.02  # two clean runs of this scenario ended 0.001 apart in held-out loss (benchmarks/README.md): 20x margin
+NOISE = 0.1  # 7 clean runs of this scenario (4 epochs, 2026-11-25) ended up to 0.062 apart in held-out loss
 
 
-def _run(local_swarm: LocalSwarm, tmp_path: Path, identity: Identity, attack, aggregator, epochs) -> Outcome:
-    outcome = run_scenario(Scenario(attack=attack, aggregator=aggregator, max_epochs=epochs), local_swarm, tmp_path,
-                           identity)
+def _run(local_swarm: LocalSwarm, tmp_path: Path, identity: Identity, size: Scenario, attack: Optional[str],
+         aggregator: str) -> Outcome:
+    scenario = dataclasses.replace(size, attack=attack, aggregator=aggregator)
+    outcome = run_scenario(scenario, local_swarm, tmp_path, identity)
     local_swarm.close()
     return outcome
 
 
-def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, epochs: int) -> None:
+def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, size: Scenario) -> None:
     identity = Identity.temporary()
-    clean = _run(local_swarm, tmp_path, identity, None, "centered_clip", epochs)
-    defended = _run(local_swarm, tmp_path, identity, attack, "centered_clip", epochs)
-    control = _run(local_swarm, tmp_path, identity, attack, "mean", epochs)
+    clean = _run(local_swarm, tmp_path, identity, size, None, "centered_clip")
+    defended = _run(local_swarm, tmp_path, identity, size, attack, "centered_clip")
+    control = _run(local_swarm, tmp_path, identity, size, attack, "mean")
     summary = {o.scenario.aggregator if o.scenario.attack else "clean": o.to_dict() for o in (clean, defended, control)}
     assert clean.final_loss < float("inf") and clean.divergence < 1e-3, summary
     assert defended.final_loss <= clean.final_loss * (1 + TOLERANCE), summary
@@ -41,24 +48,23 @@ def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, epochs: i
     assert defended.final_loss < control.final_loss, summary
 
 
-@pytest.mark.slow  # fails: the clean CenteredClip run ends with peers 0.086 apart (issue 8 stays open)
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_scaled_gradients_from_a_group_member(local_swarm, tmp_path):
-    check_attack(local_swarm, tmp_path, "scale", CI_EPOCHS)
+    check_attack(local_swarm, tmp_path, "scale", CI_SIZE)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("attack", ["nan", "sign_flip"])
+@pytest.mark.parametrize("attack", ["scale", "nan", "sign_flip"])
 def test_every_gradient_attack(local_swarm, tmp_path, attack):
-    check_attack(local_swarm, tmp_path, attack, SLOW_EPOCHS)
+    check_attack(local_swarm, tmp_path, attack, FULL_SIZE)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_inflated_sample_counts(local_swarm, tmp_path):
     """Without the bound the swarm steps on a fraction of the target batch: same epochs, fewer samples."""
-    check_attack(local_swarm, tmp_path, "inflate", SLOW_EPOCHS)
+    check_attack(local_swarm, tmp_path, "inflate", FULL_SIZE)
 
 
 @pytest.mark.slow
@@ -66,7 +72,7 @@ def test_inflated_sample_counts(local_swarm, tmp_path):
 def test_forged_records_of_other_peers(local_swarm, tmp_path):
     """Every forgery is refused (the unsigned control is tests/test_forged_records.py)."""
     identity = Identity.temporary()
-    clean = _run(local_swarm, tmp_path, identity, None, "centered_clip", SLOW_EPOCHS)
-    forged = _run(local_swarm, tmp_path, identity, "forge", "centered_clip", SLOW_EPOCHS)
+    clean = _run(local_swarm, tmp_path, identity, FULL_SIZE, None, "centered_clip")
+    forged = _run(local_swarm, tmp_path, identity, FULL_SIZE, "forge", "centered_clip")
     assert forged.detected, forged.to_dict()
     assert forged.final_loss <= clean.final_loss * (1 + TOLERANCE), (clean.to_dict(), forged.to_dict())

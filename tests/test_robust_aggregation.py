@@ -61,11 +61,18 @@ def test_honest_gradients_pass_every_check(gradients):
             assert [check_aggregate(g[i], result, config) for i in range(4)] == [None] * 4, (name, aggregator)
 
 
-def test_centered_clip_stays_close_to_the_mean_of_honest_gradients(gradients):
+@pytest.mark.parametrize("weights", [[8.0] * 4, [8.0, 16.0, 16.0, 16.0], [16.0, 8.0, 8.0, 8.0]])
+def test_centered_clip_of_honest_gradients_is_their_weighted_mean(gradients, weights):
+    """No honest contribution is clipped: every peer receives what the plain mean would give it, and every
+    peer's check accepts it (a clipped aggregate leaned away from the noisiest honest peers, whose checks
+    then failed: they kept their own gradients and drifted apart)."""
+    config = IntegrityConfig()
     for name, g in gradients.items():
-        result, rejected = reduce(g, [8.0] * 4, IntegrityConfig())
+        result, rejected = reduce(g, weights, config)
+        w = torch.tensor(weights)
         assert not rejected
-        assert relative_error(result, g.mean(0)) < 0.2, name
+        assert relative_error(result, (w / w.sum()) @ g) < 1e-6, name
+        assert [check_aggregate(g[i], result, config) for i in range(4)] == [None] * 4, name
 
 
 @pytest.mark.parametrize("attack", sorted(CORRUPTIONS))

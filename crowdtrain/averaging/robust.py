@@ -9,7 +9,9 @@ weights (claimed samples) count at most ``max_weight_ratio`` x the median weight
 - CenteredClip (Karimireddy et al. 2021, the aggregator of BTARD, Gorbunov et al. 2021): starting
   from the coordinate-wise median ``v``, iterate ``v += sum_i w_i clip_tau(x_i - v) / sum_i w_i``;
   any one contribution moves ``v`` by at most ``tau * w_i / sum w`` per iteration. ``tau`` is
-  ``clip_multiplier`` x the median distance of the contributions to the starting point.
+  ``clip_multiplier`` x the median distance of the contributions to the starting point, wide enough
+  that honest contributions are not clipped: then the first iteration lands on the weighted mean and
+  the others stay there, so a clean run aggregates exactly as the mean does.
 - Trimmed mean: per coordinate, drop the ``trim_fraction`` lowest and highest values, average the
   rest (unweighted: one peer is one vote).
 

@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="override a recipe hyper-parameter, e.g. --hparam lr=0.002 (repeatable)")
     run.add_argument("--private", action="store_true",
                      help="only volunteers invited with 'crowdtrain invite' may publish records or average")
-    run.add_argument("--aggregator", choices=AGGREGATORS, default="mean",
-                     help="how peers combine gradients: the plain mean (default), or robust to faulty or hostile "
-                          "peers (centered_clip, trimmed_mean)")
+    run.add_argument("--aggregator", choices=AGGREGATORS, default=IntegrityConfig.aggregator,
+                     help="how peers combine gradients: robust to faulty or hostile peers (centered_clip, the default; "
+                          "trimmed_mean), or hivemind's plain mean without checks")
     run.add_argument("--dataset", default=None, metavar="JSON",
                      help='dataset spec, e.g. \'{"kind": "text-files", "paths": ["books/"]}\' (default: the recipe\'s built-in data)')
     run.add_argument("--run-dir", type=Path, default=None,

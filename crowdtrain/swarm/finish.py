@@ -8,7 +8,10 @@ slightly different parameters. When the run is over:
 2. one *canonical* peer is chosen the same way by all: the lowest peer id among the non-client peers
    at the highest epoch;
 3. the canonical peer raises its state-sharing priority and marks itself ``finished``; the others stop
-   sharing their own state, download the canonical state, then mark themselves ``finished``;
+   sharing their own state, wait until they see the canonical peer's raised priority (hivemind's
+   download takes the highest declared priority and breaks ties at random: before the raised priority
+   is visible, every peer at the final epoch ties with it, and a download may take one of their
+   states), download the canonical state, then mark themselves ``finished``;
 4. the canonical peer keeps serving until every live peer is finished.
 
 Every wait is bounded by the run's ``load_state_timeout``; if the canonical peer vanishes, the others
@@ -23,10 +26,11 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import hivemind
+from hivemind.p2p import PeerID
 
 from crowdtrain.config import RunConfig
 from crowdtrain.dht.publish import read_peers
-from crowdtrain.dht.records import PeerRecord
+from crowdtrain.dht.records import PeerRecord, subkey_values
 
 logger = logging.getLogger(__name__)
 LIVE_PEER_AGE = 10.0  # a record refreshed more recently (heartbeat: every few seconds) is a live peer
@@ -51,6 +55,13 @@ def choose_canonical(records: list[PeerRecord]) -> Optional[PeerRecord]:
         return None
     top = max(r.epoch for r in donors)
     return min((r for r in donors if r.epoch == top), key=lambda r: r.peer_id)
+
+
+def declared_priority(dht: hivemind.DHT, averager: hivemind.DecentralizedAverager, peer_id: str) -> Optional[float]:
+    """``peer_id``'s state-sharing priority as hivemind's state download reads it; None if not sharing."""
+    declared = subkey_values(dht.get(f"{averager.prefix}.all_averagers", latest=True))
+    priority = declared.get(PeerID.from_base58(peer_id).to_bytes())
+    return float(priority) if isinstance(priority, (int, float)) else None
 
 
 class RunFinisher:
@@ -90,7 +101,8 @@ class RunFinisher:
         averager = self.optimizer.state_averager
         if averager.allow_state_sharing:
             averager.allow_state_sharing = False
-        if not self._wait(lambda live: any(r.peer_id == canonical.peer_id and r.finished for r in live)):
+        if not self._wait(lambda live: any(r.peer_id == canonical.peer_id and r.finished for r in live)
+                          and (declared_priority(self.dht, averager, canonical.peer_id) or 0.0) >= CANONICAL_PRIORITY):
             logger.warning("the peer holding the final state did not answer; leaving with this peer's own state")
             return False
         averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout)

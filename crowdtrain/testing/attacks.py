@@ -1,7 +1,8 @@
 """One attack scenario on a local swarm, measured: the end-to-end test and ``bench_attacks.py``.
 
-A coordinator and ``peers`` volunteers (one of them hostile, :mod:`crowdtrain.testing.hostile`,
-unless ``attack`` is None: the clean run) train albert-tiny to ``max_epochs``. Measured afterwards:
+A coordinator (without its state keeper: not part of what is measured) and ``peers`` volunteers (one
+of them hostile, :mod:`crowdtrain.testing.hostile`, unless ``attack`` is None: the clean run) train
+albert-tiny to ``max_epochs``. Measured afterwards:
 the held-out masked-LM loss of every honest peer's exported model, the samples the swarm processed,
 and whether the honest peers detected the hostile one (a rejection or ban naming it in their logs, a
 clamped progress claim, or the hostile's own count of refused forgeries).
@@ -36,6 +37,8 @@ class Scenario:
     target_batch_size: int = 64
     max_epochs: int = 6
     batch_size: int = 8
+    averaging_timeout: float = 15.0
+    "Also how long a peer that missed the last round waits for a group before the others can finish."
     timeout: float = 300.0
 
 
@@ -63,9 +66,10 @@ def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinat
     run_dir = workdir / "run"
     _, address = swarm.start_coordinator([
         "--target-batch-size", str(scenario.target_batch_size), "--max-epochs", str(scenario.max_epochs),
-        "--matchmaking-time", "2", "--request-timeout", "0.5", "--averaging-timeout", "15",
-        "--aggregator", scenario.aggregator, "--run-dir", str(run_dir)], identity=coordinator_identity,
-        name=f"coordinator-{_label(scenario)}", timeout=scenario.timeout)
+        "--matchmaking-time", "2", "--request-timeout", "0.5",
+        "--averaging-timeout", str(scenario.averaging_timeout), "--aggregator", scenario.aggregator,
+        "--run-dir", str(run_dir), "--no-keep-state"],
+        identity=coordinator_identity, name=f"coordinator-{_label(scenario)}", timeout=scenario.timeout)
     honest, hostile = [], None
     for index in range(scenario.peers):
         name = f"{_label(scenario)}-{index}"
