@@ -7,7 +7,6 @@ step and after 20 steps, an embedding slice and an encoder slice each.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest

@@ -193,6 +193,11 @@ class OuterStateView:
         self._driver.resync()
 
     @property
+    def prefix(self) -> str:
+        """The DHT prefix under which the outer-state averager declares itself (read by the finisher)."""
+        return self._driver.averager.prefix
+
+    @property
     def allow_state_sharing(self) -> bool:
         return self._driver.averager.allow_state_sharing
 
