@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from crowdtrain.averaging.canonical import round_priority, winning_priority
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression, round_trip
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import DiLoCoConfig, RunConfig
@@ -90,3 +91,18 @@ def test_run_config_mode_round_trips_and_is_validated():
         RunConfig.from_dict({**base, "mode": "async"})
     with pytest.raises(RunConfigError, match="diloco.compression"):
         RunConfig.from_dict({**base, "diloco": {"compression": "4bit"}})
+
+
+def test_a_split_round_ranks_the_larger_group_first_then_the_smallest_peer_id():
+    big, small = ("QmC", "QmD", "QmE"), ("QmA", "QmB")
+    assert round_priority(7, big) > round_priority(7, small) > round_priority(7, ("QmZ",))
+    assert int(round_priority(7, big)) == 7 and round_priority(8, ("QmZ",)) > round_priority(7, big)
+    assert round_priority(7, ("QmB", "QmA")) == round_priority(7, small)  # every member computes the same
+    pair_a, pair_b = round_priority(7, ("QmA", "QmX")), round_priority(7, ("QmB", "QmY"))
+    assert pair_a != pair_b  # equal sizes: a deterministic tie-break, the same on every peer
+    winner, loser = max(pair_a, pair_b), min(pair_a, pair_b)
+    assert winning_priority(7, [winner, 6.9, 8.001], loser) == winner  # other epochs do not count
+    assert winning_priority(7, [loser, 6.9], winner) is None
+    assert winning_priority(7, [winner], winner) is None  # the same group
+    with pytest.raises(ValueError):
+        round_priority(7, ())

@@ -12,6 +12,7 @@ from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
 from crowdtrain.averaging.outer import OuterOptimizer
+from crowdtrain.dht.records import subkey_values
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,12 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AveragedDeltas:
     tensors: list[torch.Tensor]
-    group_size: int
+    members: tuple[str, ...]
+    "Peer ids of the group that averaged them, this peer's included."
+
+    @property
+    def group_size(self) -> int:
+        return len(self.members)
 
 
 class DeltaAverager(DecentralizedAverager):
@@ -52,7 +58,7 @@ class DeltaAverager(DecentralizedAverager):
             logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {self.outer.epoch})")
             return None
         with self.get_tensors() as tensors:
-            return AveragedDeltas(tensors=[t.clone() for t in tensors], group_size=len(gathered))
+            return AveragedDeltas(tensors=[t.clone() for t in tensors], members=tuple(sorted(map(str, gathered))))
 
     async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
                                       group_id: Optional[bytes] = None, **kwargs: Any) -> None:
@@ -67,6 +73,13 @@ class DeltaAverager(DecentralizedAverager):
     def get_current_state(self) -> tuple[Any, Sequence[torch.Tensor], Sequence[CompressionInfo]]:
         tensors = self.outer.state_tensors()
         return {"epoch": self.outer.epoch}, tensors, [CompressionInfo.from_tensor(t) for t in tensors]
+
+    def declared_priorities(self) -> list[float]:
+        """The state-sharing priorities the other peers currently declare (hivemind's download key)."""
+        entry = self.dht.get(f"{self.prefix}.all_averagers", latest=True)
+        own = self.peer_id.to_bytes()
+        return [float(value) for subkey, value in subkey_values(entry).items()
+                if subkey != own and isinstance(value, (int, float)) and not isinstance(value, bool)]
 
     def download_outer_state(self, timeout: float) -> bool:
         """Adopt the outer state of the most advanced live peer; False if none sent a usable one."""
@@ -83,5 +96,6 @@ class DeltaAverager(DecentralizedAverager):
         except ValueError as e:
             logger.warning(f"rejected a downloaded outer state: {e}")
             return False
-        self.state_sharing_priority = epoch
+        if not self.client_mode:  # a client's averager shares no state
+            self.state_sharing_priority = epoch
         return True

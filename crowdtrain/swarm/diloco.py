@@ -25,6 +25,7 @@ from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
+from crowdtrain.averaging.canonical import round_priority, winning_priority
 from crowdtrain.averaging.delta_averager import DeltaAverager
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import RunConfig
@@ -34,6 +35,7 @@ from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
 DECLARE_STATE_PERIOD = 5.0
+SPLIT_CHECK_DELAY = 3.0  # after an outer round, when to look for a group that closed it with a higher rank
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
 TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
 PROGRESS_TTL = 20.0  # a departed peer stops counting after this long (hivemind: 60); a peer that saw
@@ -66,6 +68,8 @@ class DiLoCoOptimizer:
             default_refresh_period=TRACKER_REFRESH[0], metadata_expiration=PROGRESS_TTL, start=True)
         self.state_averager = OuterStateView(self)
         self._resync_backoff = Backoff()
+        self._round_priority = 0.0
+        self._split_check_at: Optional[float] = None  # when to look for a higher-ranked group (after a round)
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._start_round()
         self.tracker.fetched_global_progress_this_epoch.wait(FIRST_FETCH_TIMEOUT)
@@ -86,6 +90,8 @@ class DiLoCoOptimizer:
         self.round_steps += 1
         self.round_samples += self.batch_size
         self.tracker.report_local_progress(self.local_epoch, self.round_steps)
+        if self._split_check_at is not None and time.monotonic() >= self._split_check_at:
+            self._join_winning_group()
         if self.tracker.global_epoch > self.local_epoch:
             if self._resync_backoff.ready():
                 self.resync()
@@ -107,7 +113,9 @@ class DiLoCoOptimizer:
         if self.error_feedback is not None:
             self.error_feedback.reset()  # the residual belonged to this peer's own round
         self._step_scheduler_to(self.local_epoch)
-        logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}")
+        total, squares = self.outer.fingerprint()
+        logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}; "
+                    f"fingerprint {total:.6e} {squares:.6e}")
         self._start_round()
 
     def shutdown(self) -> None:
@@ -140,13 +148,27 @@ class DiLoCoOptimizer:
             self._after_failed_round()
             return
         self.outer.step(averaged.tensors if averaged is not None else sent)
-        self.averager.state_sharing_priority = self.local_epoch
+        members = averaged.members if averaged is not None else (str(self.averager.peer_id),)
+        self._round_priority = round_priority(self.local_epoch, members)
+        if not self.averager.client_mode:
+            self.averager.state_sharing_priority = self._round_priority
+        self._split_check_at = time.monotonic() + SPLIT_CHECK_DELAY
         self._step_scheduler_to(self.local_epoch)
-        group = averaged.group_size if averaged is not None else 1
+        group = len(members)
         total, squares = self.outer.fingerprint()
         logger.info(f"outer round {self.local_epoch}: {self.round_steps} inner steps, {self.round_samples} samples, "
                     f"group of {group}, {time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}")
         self._start_round()
+
+    def _join_winning_group(self) -> None:
+        """If another group closed this outer round with a higher-ranked θ₀, adopt it (see
+        :mod:`crowdtrain.averaging.canonical`); otherwise this peer's group is the swarm's."""
+        self._split_check_at = None
+        winner = winning_priority(self.local_epoch, self.averager.declared_priorities(), self._round_priority)
+        if winner is not None:
+            logger.info(f"outer round {self.local_epoch} split the swarm and this peer's group was not the largest: "
+                        f"adopting the winning group's outer state")
+            self.resync()
 
     def _after_failed_round(self) -> None:
         """Take the round's result from a peer that has it; if nobody is ahead, keep the round open
