@@ -100,12 +100,15 @@ def train_swav(recipe: SwavTiny, steps: int, batch_size: int, shard_seed: int = 
     return model
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_swav_tiny_knn_beats_random_init_by_ten_points(recipe: SwavTiny):
     """The issue's target: k-NN accuracy of the frozen backbone on the hard held-out digits at least 10
     points above the same backbone at random init, raw pixels below 70%. swav-tiny's defaults (clean
     training canvases, Sinkhorn epsilon 0.03, rotated large crops, no small crops) after 400 steps of 64
-    images (25 600): 0.437 against 0.2145 (benchmarks/README.md, SwAV, 2026-11-25)."""
+    images (25 600): 0.437 against 0.2145 (benchmarks/README.md, SwAV, 2026-11-25). Slow-marked: 183 s
+    on a loaded 2-core machine, twice the CI budget; 300 steps (~90 s) give only +11 points, too thin a
+    margin for CI."""
     control = recipe.evaluate(recipe.build_model())
     trained = recipe.evaluate(train_swav(recipe, steps=400, batch_size=64))
     print(f"swav-tiny k-NN: random init {control.value:.4f}, trained {trained.value:.4f}, "
