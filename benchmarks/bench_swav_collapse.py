@@ -41,12 +41,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON", help="override an hparam")
+    parser.add_argument("--dataset", type=json.loads, default=None, help="dataset spec (JSON)")
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--eval-every", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(1)
     hparams = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.hparam)}
-    recipe = SwavTiny(hparams, SwavTiny.default_dataset(), b"")
+    recipe = SwavTiny(hparams, args.dataset or SwavTiny.default_dataset(), b"")
     model = recipe.build_model()
     control = recipe.evaluate(model)
     print(f"random init k-NN {control.value:.4f}; raw pixels {control.extra['raw_pixel_knn_accuracy']:.4f}")
@@ -67,7 +68,8 @@ def main() -> None:
                   + " ".join(f"{name} {value:.3f}" for name, value in indicators.items())
                   + f" ({time.monotonic() - started:.0f} s)")
         if step % args.eval_every == 0 or step == args.steps:
-            print(f"step {step}: k-NN {recipe.evaluate(model).value:.4f} (random init {control.value:.4f})")
+            print(f"step {step}: k-NN {recipe.evaluate(model).value:.4f} (random init {control.value:.4f}) "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_registry_defaults_and_bad_hparams():
         SwavTiny.build_assets({}, {"kind": "cifar"})
 
 
-def test_batches_hold_the_multicrop_views_and_follow_the_shard_seed(recipe: SwavTiny):
+def test_batches_hold_the_multicrop_views_and_follow_the_shard_seed():
+    recipe = SwavTiny({"small_crops": 3}, SwavTiny.default_dataset(), b"")  # swav-tiny has none by default
     h = recipe.hparams
     batch = next(recipe.batches(shard_seed=1, batch_size=4))
     assert batch["large"].shape == (2 * 4, 1, h["large_crop_size"], h["large_crop_size"])
@@ -100,14 +101,17 @@ def train_swav(recipe: SwavTiny, steps: int, batch_size: int, shard_seed: int = 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(900)
 def test_swav_tiny_knn_beats_random_init_by_ten_points(recipe: SwavTiny):
-    """The issue's target, NOT met yet: after 100-300 steps of 32 images k-NN accuracy stays at or below
-    the random-init level (0.13-0.25 against 0.21) under every variant tried (lower Sinkhorn epsilon,
-    no small crops, queue, prototypes, lr, views rendered separately); see the diagnosis in
-    benchmarks/README.md and benchmarks/bench_swav_collapse.py. Kept as the target, slow-marked."""
+    """The issue's target: k-NN accuracy of the frozen backbone on the hard held-out digits at least 10
+    points above the same backbone at random init, raw pixels below 70%. swav-tiny's defaults (clean
+    training canvases, Sinkhorn epsilon 0.03, rotated large crops, no small crops) after 400 steps of 64
+    images (25 600): 0.437 against 0.2145 (benchmarks/README.md, SwAV, 2026-11-25). Slow-marked: 183 s
+    on a loaded 2-core machine, twice the CI budget; 300 steps (~90 s) give only +11 points, too thin a
+    margin for CI."""
     control = recipe.evaluate(recipe.build_model())
-    trained = recipe.evaluate(train_swav(recipe, steps=300, batch_size=32))
+    trained = recipe.evaluate(train_swav(recipe, steps=400, batch_size=64))
     print(f"swav-tiny k-NN: random init {control.value:.4f}, trained {trained.value:.4f}, "
           f"raw pixels {control.extra['raw_pixel_knn_accuracy']:.4f}")
+    assert control.extra["raw_pixel_knn_accuracy"] < 0.70
     assert trained.value >= control.value + 0.10

@@ -3,6 +3,7 @@ multi-crop, the queue, k-NN and the hard held-out digits."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -146,6 +147,32 @@ def test_hard_digits_defeat_raw_pixels_and_are_fixed_by_seed():
     clean = knn_accuracy(digits.train, digits.train_labels, digits.heldout, digits.heldout_labels, k=10)
     assert clean > 0.95 and raw < 0.70, (clean, raw)  # the same k-NN on the clean scans is near perfect
     assert torch.equal(digits.knn_sets().queries, sets.queries)
+
+
+def test_clean_training_renderings_hold_one_digit_without_clutter():
+    hard, clean = DigitImages(image_size=32, training="hard"), DigitImages(image_size=32)
+    images = [next(source.stream(random.Random(0), torch.Generator().manual_seed(0))) for source in (hard, clean)]
+    assert images[1].shape == (1, 32, 32) and 0 <= images[1].min() and images[1].max() <= 1
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[4:-4, 4:-4] = False
+    assert images[1][0][border].mean() < 0.05  # the clean digit stays clear of the canvas edge
+    assert torch.equal(clean.knn_sets().queries, hard.knn_sets().queries)  # evaluation is the hard set
+    open_images({"kind": "digits", "training": "clean"}, 32)
+    with pytest.raises(ValueError, match="'training' must be one of"):
+        open_images({"kind": "digits", "training": "noisy"}, 32)
+
+
+def test_crop_rotation_keeps_shapes_and_rotates():
+    image = torch.zeros(1, 1, 16, 16)
+    image[..., 2:4, :] = 1.0  # a horizontal bar
+    still = MultiCrop(large=CropSpec(1, 16, (1.0, 1.0)), small=CropSpec(0, 8, (0.1, 0.2)), flip=False, jitter=0.0,
+                      aspect=(1.0, 1.0))
+    turned = MultiCrop(large=CropSpec(1, 16, (1.0, 1.0)), small=CropSpec(0, 8, (0.1, 0.2)), flip=False,
+                       jitter=0.0, aspect=(1.0, 1.0), rotation=90.0)
+    same = still.views(image, torch.Generator().manual_seed(0))[0]
+    assert torch.allclose(same, image, atol=1e-5)
+    rotated = turned.views(image.expand(8, -1, -1, -1).contiguous(), torch.Generator().manual_seed(0))[0]
+    assert rotated.shape == (8, 1, 16, 16) and not torch.allclose(rotated, image.expand(8, -1, -1, -1), atol=0.1)
 
 
 @pytest.mark.parametrize("spec, message", [

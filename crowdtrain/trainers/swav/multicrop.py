@@ -36,6 +36,7 @@ class MultiCrop:
     flip: bool = True
     jitter: float = 0.4
     aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation: float = 0.0  # degrees: each crop is rotated by up to this much either way
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         """``large.count + small.count`` tensors of (batch, channels, size, size)."""
@@ -57,6 +58,11 @@ class MultiCrop:
         theta = torch.zeros(batch, 2, 3)
         theta[:, 0, 0], theta[:, 0, 2] = width * flip, center_x
         theta[:, 1, 1], theta[:, 1, 2] = height, center_y
+        if self.rotation > 0:
+            angle = math.radians(self.rotation) * (2 * torch.rand(batch, generator=generator) - 1)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            rotate = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+            theta[:, :, :2] = rotate @ theta[:, :, :2]
         grid = F.affine_grid(theta, [batch, images.shape[1], size, size], align_corners=False)
         crops = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border",
                               align_corners=False)
