@@ -6,7 +6,9 @@ launcher=hostile_launcher(ATTACK))``); the rest of the command line is ``crowdtr
 trains, forms groups and reduces its share of the all-reduce like any volunteer (with hivemind's own
 averager, whatever the run's aggregator), and:
 
-- ``nan``, ``scale``, ``sign_flip``: replaces the gradients it sends by NaN, x1000 or their negation,
+- ``nan``, ``scale``, ``sign_flip``, ``ascent``: replaces the gradients it sends by NaN, x1000, their
+  negation or their negation x1000 (amplified gradient ascent: Adam-family optimizers are nearly
+  invariant to a gradient's scale, so only a change of direction that dominates the mean hurts them),
   and, as a reducer, returns the same corruption of the aggregate to every other sender;
 - ``inflate``: claims 100x the samples (and throughput) it accumulated in hivemind's progress records;
 - ``forge``: every few seconds writes progress and peer records under the other peers' subkeys
@@ -43,6 +45,7 @@ CORRUPTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "nan": lambda t: torch.full_like(t, float("nan")),
     "scale": lambda t: t * SCALE,
     "sign_flip": lambda t: -t,
+    "ascent": lambda t: t * -SCALE,
 }
 ATTACKS = (*CORRUPTIONS, "inflate", "forge")
 
