@@ -2,9 +2,14 @@
 for a whole state, then fails with IndexError in load_optimizer_state)."""
 import torch
 from hivemind.averaging.averager import DecentralizedAverager
-from hivemind.optim.state_averager import dump_optimizer_state
+from hivemind.optim.state_averager import TrainingStateAverager, dump_optimizer_state
 
-from crowdtrain.averaging.averager import STATE_DOWNLOAD_ATTEMPTS, CompleteStateDownload, expected_state_tensors
+from crowdtrain.averaging.averager import (
+    STATE_DOWNLOAD_ATTEMPTS,
+    CompleteStateDownload,
+    CompleteTrainingStateAverager,
+    expected_state_tensors,
+)
 
 
 def _donor_state() -> tuple[torch.optim.Optimizer, dict, list[torch.Tensor]]:
@@ -63,3 +68,9 @@ def test_no_donor_is_no_state_at_once():
     averager = _averager(optimizer, [None])
 
     assert averager.load_state_from_peers() is None and averager.calls == 1
+
+
+def test_the_checked_averager_serves_and_downloads_under_hivemind_s_names():
+    for method in ("rpc_download_state", "rpc_join_group"):
+        assert (CompleteTrainingStateAverager._get_handle_name("run_state_averager", method)
+                == TrainingStateAverager._get_handle_name("run_state_averager", method))
