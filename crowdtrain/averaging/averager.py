@@ -126,10 +126,11 @@ class CompleteStateDownload(DecentralizedAverager):
     hivemind 1.1.12 takes a state download whose stream closed early (the donor left mid-download:
     ``P2P._iterate_protobuf_stream_handler`` treats the closed stream as its end) for a complete one, and
     TrainingStateAverager then indexes past the tensors it received: IndexError in
-    ``load_optimizer_state``, which crashed volunteers and the state keeper at the end of a run, when
-    donors leave. Here an incomplete state is refused and the download tried again (the departed donor
-    then fails at once and the next donor serves); after ``STATE_DOWNLOAD_ATTEMPTS`` it returns None,
-    hivemind's "no state" answer.
+    ``load_optimizer_state``, uncaught on the end-of-run path (:mod:`crowdtrain.swarm.finish`), where
+    donors leave while others download (seen once in the 4-peer WAN scenario: two volunteers and the
+    state keeper crashed). Here an incomplete state is refused and the download tried again (the
+    departed donor then fails and the next donor serves); after ``STATE_DOWNLOAD_ATTEMPTS`` it returns
+    None, hivemind's "no state" answer.
     """
 
     def load_state_from_peers(self, *args, **kwargs):
