@@ -27,7 +27,10 @@ class _Downloads(DecentralizedAverager):
 
     def load_state_from_peers(self, *args, **kwargs):
         self.calls += 1
-        return self.answers.pop(0)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 class _Checked(CompleteStateDownload, _Downloads):
@@ -61,6 +64,13 @@ def test_only_truncated_states_give_no_state():
     averager = _averager(optimizer, [(metadata, tensors[:7])] * STATE_DOWNLOAD_ATTEMPTS)
 
     assert averager.load_state_from_peers() is None and averager.calls == STATE_DOWNLOAD_ATTEMPTS
+
+
+def test_a_download_past_its_timeout_is_no_state():
+    optimizer, _, _ = _donor_state()
+    averager = _averager(optimizer, [TimeoutError()])
+
+    assert averager.load_state_from_peers(timeout=1) is None and averager.calls == 1
 
 
 def test_no_donor_is_no_state_at_once():

@@ -130,12 +130,18 @@ class CompleteStateDownload(DecentralizedAverager):
     donors leave while others download (seen once in the 4-peer WAN scenario: two volunteers and the
     state keeper crashed). Here an incomplete state is refused and the download tried again (the
     departed donor then fails and the next donor serves); after ``STATE_DOWNLOAD_ATTEMPTS`` it returns
-    None, hivemind's "no state" answer.
+    None, hivemind's "no state" answer. A download that outlasts its ``timeout`` (hivemind raises
+    TimeoutError from the result's wait, as seen when the donors left one after the other) is no state
+    either.
     """
 
     def load_state_from_peers(self, *args, **kwargs):
         for _ in range(STATE_DOWNLOAD_ATTEMPTS):
-            loaded = super().load_state_from_peers(*args, **kwargs)
+            try:
+                loaded = super().load_state_from_peers(*args, **kwargs)
+            except TimeoutError:
+                logger.warning("no peer sent its state within the timeout")
+                return None
             if loaded is None:
                 return None
             received, expected = len(loaded[1]), expected_state_tensors(self._local_state_tensors(), loaded[0])
