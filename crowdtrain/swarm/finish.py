@@ -11,11 +11,8 @@ slightly different parameters. When the run is over:
    sharing their own state, download the canonical state, then mark themselves ``finished``;
 4. the canonical peer keeps serving until every live peer is finished.
 
-Every wait is bounded by the run's ``averaging_timeout`` + ``load_state_timeout``: step 1 may first wait
-for a pending round, up to ``averaging_timeout`` (seen in the long WAN scenario: the canonical peer's
-last state-averaging round took 60 s to fail, and the others, bounded by ``load_state_timeout`` alone,
-gave up on it a second before it served). If the canonical peer vanishes, the others keep their own
-state and say so.
+Every wait is bounded by the run's ``load_state_timeout``; if the canonical peer vanishes, the others
+keep their own state and say so.
 """
 from __future__ import annotations
 
@@ -61,7 +58,7 @@ class RunFinisher:
                  state: FinishState, publish: Callable[[], None], stop: threading.Event):
         self.run, self.optimizer, self.dht, self.me = run, optimizer, dht, me
         self.state, self.publish, self.stop = state, publish, stop
-        self.deadline = time.monotonic() + run.timeouts.averaging_timeout + run.timeouts.load_state_timeout
+        self.deadline = time.monotonic() + run.timeouts.load_state_timeout
 
     def finish(self) -> bool:
         """Returns True if this peer leaves with the canonical final state."""
