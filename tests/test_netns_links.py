@@ -114,8 +114,9 @@ def test_a_100_ms_link_adds_100_ms_to_connections_it_dials():
 
 
 @needs_firewall
-def test_an_undialable_peer_cannot_be_dialled_but_dials_out():
-    with NamespaceLinks([Link(dialable=False), Link()]) as net:
+@pytest.mark.parametrize("dialler", [Link(), Link(rtt_ms=100.0)], ids=["direct", "behind-delaying-proxy"])
+def test_an_undialable_peer_cannot_be_dialled_but_dials_out(dialler: Link):
+    with NamespaceLinks([Link(dialable=False, rtt_ms=100.0), dialler]) as net:
         _start_echo(net, 0)
         _start_echo(net, 1)
         inbound = _run_in(net, 1, DIAL, net.address(0), str(PORT))

@@ -1,4 +1,12 @@
-"""Scenario: one peer with 10x less upload does not dictate crowdtrain's round time (namespace links)."""
+"""Scenario: one peer with 10x less upload does not dictate crowdtrain's round time (namespace links).
+
+Slow, and no CI size: the rounds are a small part of the run. hivemind's minimum matchmaking time (2 s)
+is part of every round, so the 0.8 ratio is only meaningful when the slow peer's own upload of the
+vector, S / 5 Mbit/s, outlasts it: (S/B + 2) / (1.5 S/B + 2) < 0.8 needs S/B > 2 s, S > 1.25 MB.
+Measured 2026-11-25 with 3 MB and one round (load average 23-27): rounds of 5.8 s (crowdtrain) and
+9.2 s (hivemind equal shares), ratio 0.63, in a run of 223 s; starting and probing 2 x 4 peers is the
+rest. This 4 MB, two-round variant took 146 s.
+"""
 import json
 import subprocess
 import sys

@@ -1,10 +1,22 @@
 """Issue 5's internet scenarios, each peer (coordinator too) in its own namespace behind an emulated home link:
 100 ms RTT on every connection, 20 Mbit/s down / 5 Mbit/s up for the volunteers (the coordinator's link
-is unshaped: a server). CI sizes: albert-tiny, micro-batch 4, a global batch of 128, three epochs; each
-volunteer's compute is slowed 4x (``--throttle 3``) so that an epoch outlasts the few seconds by which
-the volunteers' starts differ (otherwise the first two race through the epochs alone)."""
+is unshaped: a server).
+
+Two sizes. CI: albert-tiny shrunk to 77 k parameters through the run's hparams (0.3 MB of fp32 per round
+each way instead of 3 MB, about 0.5 s at 5 Mbit/s instead of 5 s), two epochs of 512 samples; a round
+(matchmaking across 100 ms links, all-reduce, state averaging) then takes a few seconds and dominates
+an epoch. ``slow``: albert-tiny as published (0.8 M parameters), three epochs of 128 samples. In both,
+each volunteer's compute is slowed 4x (``--throttle 3``) so that an epoch outlasts the few seconds by
+which the volunteers' starts differ (otherwise the first ones race through the epochs alone).
+
+Measured 2026-11-25 on the shared 2-core machine (load average 13-27): the CI size takes 112-163 s
+(four peers) and 115-178 s (undialable), over the ~90 s aimed for; the training itself is 20-35 s of
+that, the rest is five processes importing torch, hivemind and transformers at once (~20 s each),
+the coordinator building its assets, and each volunteer's reachability check and link probe.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,27 +28,49 @@ from crowdtrain.testing.netns import Link, NamespaceLinks, namespaces_available
 from crowdtrain.testing.wan_swarm import WanSwarm
 
 AVAILABLE, REASON = namespaces_available(firewall=True)
-# slow until they fit CI: the in-sync scenario took 219 s and 269 s here (CI share: about 4 min for all of
-# issue 5) and failed once (two volunteers crashed loading a state, IndexError in hivemind's
-# load_optimizer_state); the undialable scenario has not been run yet
-pytestmark = [pytest.mark.skipif(not AVAILABLE, reason=f"link emulator: {REASON}"), pytest.mark.slow,
-              pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.skipif(not AVAILABLE, reason=f"link emulator: {REASON}"), pytest.mark.timeout(400)]
 RTT_MS = 100.0
 HOME = Link(upload_mbps=5.0, download_mbps=20.0, rtt_ms=RTT_MS)
 SERVER = Link(rtt_ms=RTT_MS)
-MAX_EPOCHS = 3
-COORDINATOR_ARGS = ["--target-batch-size", "128", "--max-epochs", str(MAX_EPOCHS), "--matchmaking-time", "3",
-                    "--request-timeout", "1", "--averaging-timeout", "60", "--log-interval", "1"]
 VOLUNTEER_TIMEOUT = 240
 
 
-def _run(local_swarm, tmp_path: Path, volunteer_links: list[Link]) -> tuple[list[dict], list[dict]]:
-    """Train to MAX_EPOCHS on these links; the volunteers' reports and the coordinator's status history."""
+@dataclass(frozen=True)
+class Size:
+    """How much training a scenario runs."""
+
+    target_batch_size: int
+    max_epochs: int
+    averaging_timeout: float
+    "Seconds a round may take: about twice the slowest all-reduce of the size."
+    hparams: tuple[str, ...] = ()
+    "Recipe hyper-parameter overrides, ``KEY=JSON``."
+
+    def coordinator_args(self) -> list[str]:
+        overrides = [arg for hparam in self.hparams for arg in ("--hparam", hparam)]
+        return [*overrides, "--target-batch-size", str(self.target_batch_size), "--max-epochs", str(self.max_epochs),
+                "--matchmaking-time", "3", "--request-timeout", "1", "--averaging-timeout", str(self.averaging_timeout),
+                "--log-interval", "1"]
+
+
+CI = Size(target_batch_size=512, max_epochs=2, averaging_timeout=15,
+          hparams=("vocab_size=1024", "embedding_size=32", "hidden_size=64", "intermediate_size=128",
+                   "num_attention_heads=2", "num_hidden_layers=1", "seq_len=32"))
+# fails 3 of 3 runs here (2026-11-25), at the end of the run: the canonical peer serves its 9.4 MB state (parameters
+# and LAMB moments) to three volunteers and the keeper at once through its 5 Mbit/s upload (~60 s), past the 60 s
+# load_state_timeout; downloads time out or are cut short when their donor leaves (refused as incomplete), and
+# peers leave with their own states or, once, crashed on the TimeoutError (now caught)
+LONG = Size(target_batch_size=128, max_epochs=3, averaging_timeout=60)
+SIZES = [pytest.param(CI, id="ci"), pytest.param(LONG, id="long", marks=pytest.mark.slow)]
+
+
+def _run(local_swarm, tmp_path: Path, size: Size, volunteer_links: list[Link]) -> tuple[list[dict], list[dict]]:
+    """Train to ``size.max_epochs`` on these links; the volunteers' reports and the coordinator's status history."""
     history = tmp_path / "history.jsonl"
     with NamespaceLinks([SERVER, *volunteer_links]) as net:
         wan = WanSwarm(local_swarm, net)
         try:
-            _, address = wan.start_coordinator([*COORDINATOR_ARGS, "--run-dir", str(tmp_path / "run"),
+            _, address = wan.start_coordinator([*size.coordinator_args(), "--run-dir", str(tmp_path / "run"),
                                                 "--history", str(history)])
             volunteers = [wan.start_volunteer(i, address, ["--batch-size", "4", "--throttle", "3", "--export", str(tmp_path / f"p{i}.pt")])
                           for i in range(1, len(volunteer_links) + 1)]
@@ -59,21 +93,23 @@ def _last_entries(history: list[dict]) -> dict[str, dict]:
     return {peer["name"]: peer for status in history for peer in status["peers"]}
 
 
-def test_four_home_peers_100ms_apart_advance_epochs_and_end_in_sync(local_swarm, tmp_path):
-    reports, history = _run(local_swarm, tmp_path, [HOME] * 4)
+@pytest.mark.parametrize("size", SIZES)
+def test_four_home_peers_100ms_apart_advance_epochs_and_end_in_sync(local_swarm, tmp_path, size: Size):
+    reports, history = _run(local_swarm, tmp_path, size, [HOME] * 4)
 
-    assert all(r["final_epoch"] == MAX_EPOCHS and r["samples"] > 0 for r in reports), reports
-    assert all(set(range(MAX_EPOCHS)) <= set(r["epochs_seen"]) for r in reports), [r["epochs_seen"] for r in reports]
+    assert all(r["final_epoch"] == size.max_epochs and r["samples"] > 0 for r in reports), reports
+    assert all(set(range(size.max_epochs)) <= set(r["epochs_seen"]) for r in reports), [r["epochs_seen"] for r in reports]
     peers = _last_entries(history)
     assert all(peers[f"p{i}"]["averaging_rounds"] >= 1 for i in range(1, 5)), peers
     _assert_in_sync(tmp_path, 4)
 
 
-def test_an_undialable_peer_joins_as_a_client_by_itself_and_contributes(local_swarm, tmp_path):
+@pytest.mark.parametrize("size", SIZES)
+def test_an_undialable_peer_joins_as_a_client_by_itself_and_contributes(local_swarm, tmp_path, size: Size):
     undialable = Link(upload_mbps=5.0, download_mbps=20.0, rtt_ms=RTT_MS, dialable=False)
-    reports, history = _run(local_swarm, tmp_path, [HOME, HOME, undialable])
+    reports, history = _run(local_swarm, tmp_path, size, [HOME, HOME, undialable])
 
-    assert all(r["final_epoch"] == MAX_EPOCHS for r in reports), reports
+    assert all(r["final_epoch"] == size.max_epochs for r in reports), reports
     client = _last_entries(history)["p3"]
     assert client["role"] == "client" and _last_entries(history)["p1"]["role"] == "full", client
     assert client["averaging_rounds"] >= 1 and client["samples_averaged"] > 0, client

@@ -5,8 +5,9 @@
 - ``robust.py``: screening, CenteredClip, trimmed mean, the check of another reducer's aggregate.
 - ``reducer.py``: RobustTensorPartReducer / RobustAllReduceRunner (the all-reduce with those checks).
 - ``bans.py``: strikes and bans of one run.
-- ``averager.py``: RobustGradientAverager, RobustTrainingStateAverager and the factory the swarm
-  optimizer uses (:mod:`crowdtrain.swarm.optimizer`).
+- ``averager.py``: RobustGradientAverager, RobustTrainingStateAverager, CompleteTrainingStateAverager
+  (refuses incomplete state downloads) and the factory the swarm optimizer uses
+  (:mod:`crowdtrain.swarm.optimizer`).
 - ``link_aware.py``: :func:`plan_averaging`, this peer's share, groups, timeouts and compression
   from measurements; built from ``groups.py`` (adaptive group sizes), ``timeouts.py`` (per-peer
   timeouts within bounds) and ``link_compression.py`` (compression by uplink).

@@ -31,6 +31,7 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.p2p.servicer import StubBase
 from hivemind.proto import averaging_pb2
 
+from crowdtrain.averaging.averager import CompleteStateDownload
 from crowdtrain.dht.publish import read_peers
 from crowdtrain.peers.invites import invite_marker, peer_id_of
 
@@ -118,7 +119,7 @@ class InviteOnlyGradientAverager(_InviteOnly, GradientAverager):
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, TrainingStateAverager):
+class InviteOnlyStateAverager(_InviteOnly, TrainingStateAverager, CompleteStateDownload):
     pass
 
 

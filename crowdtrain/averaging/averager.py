@@ -106,6 +106,54 @@ class RobustGradientAverager(RobustAveraging, WireCompatibleAverager):
     pass
 
 
+STATE_DOWNLOAD_ATTEMPTS = 3
+"Downloads tried when a donor's state arrives incomplete (each try walks every donor, departed ones fail fast)."
+
+
+def expected_state_tensors(local_tensors: int, metadata: object) -> Optional[int]:
+    """How many tensors a complete TrainingStateAverager state holds: this peer's ``local_tensors``
+    (parameters and extra tensors) and one per tensor entry of the donor's optimizer metadata;
+    None if the metadata is malformed."""
+    optimizer_metadata = metadata.get("optimizer_metadata") if isinstance(metadata, dict) else None
+    if not isinstance(optimizer_metadata, (list, tuple)):
+        return None
+    return local_tensors + sum(isinstance(e, dict) and e.get("type") == "tensor" for e in optimizer_metadata)
+
+
+class CompleteStateDownload(DecentralizedAverager):
+    """Refuses a downloaded training state that lacks tensors; a mixin placed after TrainingStateAverager.
+
+    hivemind 1.1.12 takes a state download whose stream closed early (the donor left mid-download:
+    ``P2P._iterate_protobuf_stream_handler`` treats the closed stream as its end) for a complete one, and
+    TrainingStateAverager then indexes past the tensors it received: IndexError in
+    ``load_optimizer_state``, uncaught on the end-of-run path (:mod:`crowdtrain.swarm.finish`), where
+    donors leave while others download (seen once in the 4-peer WAN scenario: two volunteers and the
+    state keeper crashed). Here an incomplete state is refused and the download tried again (the
+    departed donor then fails and the next donor serves); after ``STATE_DOWNLOAD_ATTEMPTS`` it returns
+    None, hivemind's "no state" answer. A download that outlasts its ``timeout`` (hivemind raises
+    TimeoutError from the result's wait, as seen when the donors left one after the other) is no state
+    either.
+    """
+
+    def load_state_from_peers(self, *args, **kwargs):
+        for _ in range(STATE_DOWNLOAD_ATTEMPTS):
+            try:
+                loaded = super().load_state_from_peers(*args, **kwargs)
+            except TimeoutError:
+                logger.warning("no peer sent its state within the timeout")
+                return None
+            if loaded is None:
+                return None
+            received, expected = len(loaded[1]), expected_state_tensors(self._local_state_tensors(), loaded[0])
+            if received == expected:
+                return loaded
+            logger.warning(f"refused an incomplete downloaded state ({received} of {expected} tensors); retrying")
+        return None
+
+    def _local_state_tensors(self) -> int:
+        return sum(len(group["params"]) for group in self.optimizer.param_groups) + len(self.extra_tensors)
+
+
 class FiniteStateDownload(DecentralizedAverager):
     """Refuses a downloaded state with non-finite tensors (the donor may be the hostile peer)."""
 
@@ -117,8 +165,13 @@ class FiniteStateDownload(DecentralizedAverager):
         return loaded
 
 
-class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager), FiniteStateDownload):
-    """hivemind's TrainingStateAverager: robust parameter averaging, finite state downloads only."""
+class CompleteTrainingStateAverager(wire_compatible(TrainingStateAverager), CompleteStateDownload):
+    """hivemind's TrainingStateAverager that loads complete downloaded states only."""
+
+
+class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager), CompleteStateDownload,
+                                  FiniteStateDownload):
+    """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 
 
 def gradient_averager_factory(integrity: IntegrityConfig, publish: Optional[Publish] = None):

@@ -13,7 +13,11 @@ from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 
 from crowdtrain.averaging.access import InvitedProgressTracker, RunAccess, gated_averager_factories
-from crowdtrain.averaging.averager import RobustTrainingStateAverager, gradient_averager_factory
+from crowdtrain.averaging.averager import (
+    CompleteTrainingStateAverager,
+    RobustTrainingStateAverager,
+    gradient_averager_factory,
+)
 from crowdtrain.averaging.bans import BanSnapshot
 from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.config import IntegrityConfig, RunConfig
@@ -59,14 +63,15 @@ class SwarmOptimizer(hivemind.Optimizer):
     silently, and libp2p's dial back-off makes each retry fail instantly): a newcomer spins without
     training. Here a failed download waits with exponential back-off (and jitter, so that many
     newcomers do not retry in step), keeps training from this peer's own state meanwhile, and says so
-    in one warning line. It also counts its averaging rounds (:class:`AveragingStats`) for its record.
+    in one warning line. It also counts its averaging rounds (:class:`AveragingStats`) for its record,
+    and its state averager refuses incomplete downloads (:class:`~crowdtrain.averaging.averager.CompleteStateDownload`).
 
     In a private run (``access``) its averagers refuse uninvited peers and its progress records carry
     this peer's invite (:mod:`crowdtrain.averaging.access`).
     """
 
     def __init__(self, *, access: Optional[RunAccess] = None, integrity: Optional[IntegrityConfig] = None, **kwargs):
-        self._access, self._state_averager_factory = access, TrainingStateAverager
+        self._access, self._state_averager_factory = access, CompleteTrainingStateAverager
         # a private run's averagers admit invited peers only; they average with hivemind's mean
         self._integrity = integrity if integrity is not None and integrity.robust and access is None else None
         if access is not None:
@@ -94,9 +99,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._round = (averaged, time.perf_counter() - started)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
-        """Invite-only (private run) or robust (screened parameter averaging) versions of hivemind's."""
-        if self._access is None and self._integrity is None:
-            return super()._make_state_averager(**kwargs)
+        """hivemind's, refusing incomplete state downloads; invite-only (private run) or robust (screened
+        parameter averaging) where the run says so."""
         return self._state_averager_factory(  # the arguments of hivemind 1.1.12's _make_state_averager
             dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
             allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,

@@ -10,8 +10,8 @@ recognised by its source address: a peer that dials out from its own ``127.0.0.x
 its TCP transport reuses the listening address) is shaped on both ends; any other client only on
 the receiving peer's end. Latency is added after the pipes, without holding the pipes.
 
-``python -m crowdtrain.testing.link_proxy --rtt-ms R`` is the *outbound* form, for a peer in a network
-namespace (:class:`crowdtrain.testing.netns.NamespaceLinks` starts it there): an ``iptables`` rule
+``python link_proxy.py --rtt-ms R`` (the file as a script: it needs only the standard library) is
+the *outbound* form, for a peer in a network namespace (:class:`crowdtrain.testing.netns.NamespaceLinks` starts it there): an ``iptables`` rule
 redirects every TCP connection the peer dials to this proxy, which finds the original destination
 (``SO_ORIGINAL_DST``), dials it from the peer's own address (its socket carries ``PROXY_MARK``, which
 the rule lets through) and delays each direction by ``R / 2``. The accepting peer sees the dialler's

@@ -19,7 +19,11 @@ added RTT as on a real path; request/response exchanges (matchmaking, DHT lookup
 part's turn) see the full RTT.
 
 Undialable peers: ``Link(dialable=False)`` drops every TCP connection attempt that arrives over the
-link (``iptables``, inside the namespace); the peer can still dial out, like a peer behind a NAT.
+link (``iptables``, inside the namespace); the peer can still dial out, like a peer behind a NAT. The
+other peers' namespaces drop their connection attempts to it too, before the redirection to their
+delaying proxy: the proxy accepts a connection before it dials the destination, so a dialler behind
+it would otherwise see every connection to the undialable peer succeed (and a reachability check
+by dial-back would call it dialable).
 
 Needs root (``ip netns``, ``ip link``, ``tc``; ``iptables`` for latency and undialable links). Names carry a random prefix so that parallel runs
 never collide; the bridge has no address, so the peers' subnet is invisible to the host's routing.
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from crowdtrain.testing import link_proxy
 from crowdtrain.testing.link_proxy import PROXY_MARK
 
 SUBNET = "10.213.0"
@@ -178,6 +183,9 @@ class NamespaceLinks:
         _run(["ip", "link", "set", self.bridge, "up"])
         for index, link in enumerate(self.links):
             self._add_peer(index, link)
+        for index, link in enumerate(self.links):
+            if not link.dialable:
+                self._drop_dials_to(index)
 
     def _add_peer(self, index: int, link: Link) -> None:
         namespace, host_end, peer_end = self.namespace(index), f"{self.prefix}h{index}", self.interface(index)
@@ -201,7 +209,9 @@ class NamespaceLinks:
 
     def _delay_outbound(self, index: int, rtt_ms: float) -> None:
         """Start the delaying proxy in peer ``index``'s namespace and redirect its outbound TCP to it."""
-        proxy = self.popen(index, [sys.executable, "-m", "crowdtrain.testing.link_proxy", "--rtt-ms", str(rtt_ms)],
+        # run as a script: the module needs only the standard library, and `-m` would import crowdtrain (and
+        # hivemind with it), seconds per link on a loaded machine
+        proxy = self.popen(index, [sys.executable, link_proxy.__file__, "--rtt-ms", str(rtt_ms)],
                            stdout=subprocess.PIPE, text=True)
         line = _read_line(proxy, PROXY_START_TIMEOUT)
         if not line.startswith("listening on port "):
@@ -209,6 +219,13 @@ class NamespaceLinks:
         outbound = ["-t", "nat", "-A", "OUTPUT", "-o", self.interface(index), "-p", "tcp"]
         self._iptables(index, [*outbound, "-m", "mark", "--mark", str(PROXY_MARK), "-j", "RETURN"])
         self._iptables(index, [*outbound, "-j", "REDIRECT", "--to-ports", line.split()[-1]])
+
+    def _drop_dials_to(self, target: int) -> None:
+        """Every other peer's connection attempts to ``target`` vanish (mangle runs before nat's redirect)."""
+        for index in range(len(self.links)):
+            if index != target:
+                self._iptables(index, ["-t", "mangle", "-A", "OUTPUT", "-o", self.interface(index), "-d",
+                                       self.address(target), "-p", "tcp", "--syn", "-j", "DROP"])
 
     def _iptables(self, index: int, rule: Sequence[str]) -> None:
         if shutil.which("iptables") is None:
