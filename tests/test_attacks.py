@@ -5,9 +5,9 @@ number of samples folded into the model) in the same test: the clean robust run 
 holding the same model; with defences on the final held-out loss stays within 5% of the clean run's
 and the offender is detected; with defences off (hivemind's plain mean, the control) the same attack
 does measurable damage: a loss above the clean run's by more than the spread between clean runs, and
-above the defended run's. CI runs one attack at CI size (4 epochs, 8 s averaging timeout: at 3
-epochs the control's damage fell under the noise bound in one of three runs; the CI attack is amplified
-gradient ascent, whose control damage is far above that bound); ``--runslow`` runs every attack at full size.
+above the defended run's. One attack has a CI size (4 epochs, 8 s averaging timeout: at 3 epochs the
+control's damage fell under the noise bound in one of three runs); it is marked slow until its control's
+damage is safely above that bound; ``--runslow`` runs it and every attack at full size.
 """
 from __future__ import annotations
 
@@ -50,10 +50,13 @@ def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, size: Sce
     assert defended.final_loss < control.final_loss, summary
 
 
+@pytest.mark.slow  # out of CI until its margin is safe: the control's damage was +0.205 over clean (bound 0.1)
 @pytest.mark.timeout(600)
 def test_amplified_gradient_ascent_from_a_group_member(local_swarm, tmp_path):
-    """CI's attack: its damage without defences is far above the clean runs' noise even in 4 epochs (x1000
-    alone did +0.099 to +0.228 there: LAMB normalises a gradient's scale away)."""
+    """The CI-sized attack (4 epochs). Passed 2 of 2 runs (201-243 s under load): clean 8.044, defended
+    7.986 (3/3 honest peers rejected it), control 8.248. x1000 alone did +0.099 to +0.228 at this size and
+    failed a CI rehearsal: LAMB normalises a gradient's scale away, and short runs rarely all-reduce with
+    every peer, so the damage without defences is small next to the clean runs' spread (0.062)."""
     check_attack(local_swarm, tmp_path, "ascent", CI_SIZE)
 
 
