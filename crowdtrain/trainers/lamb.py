@@ -19,8 +19,10 @@ from typing import Iterable
 
 import torch
 
+from crowdtrain.trainers.layerwise import LayerwiseOptimizer
 
-class Lamb(torch.optim.Optimizer):
+
+class Lamb(LayerwiseOptimizer):
     """LAMB with bias-corrected moments and decoupled weight decay inside the trust ratio."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -34,21 +36,8 @@ class Lamb(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                  exclude_vectors=exclude_vectors))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                self._update(param, group, beta1, beta2)
-        return loss
-
-    def _update(self, param: torch.Tensor, group: dict, beta1: float, beta2: float) -> None:
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        beta1, beta2 = group["betas"]
         grad = param.grad.float()
         state = self.state[param]
         if not state:

@@ -19,8 +19,10 @@ from typing import Iterable
 
 import torch
 
+from crowdtrain.trainers.layerwise import LayerwiseOptimizer
 
-class Lars(torch.optim.Optimizer):
+
+class Lars(LayerwiseOptimizer):
     """Momentum SGD with LARS's layer-wise trust ratio."""
 
     def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -31,18 +33,6 @@ class Lars(torch.optim.Optimizer):
             raise ValueError("LARS needs 0 <= momentum < 1, weight_decay >= 0 and trust_coefficient > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, eps=eps, exclude_vectors=exclude_vectors))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, group)
-        return loss
 
     def _update(self, param: torch.Tensor, group: dict) -> None:
         grad = param.grad.float()
