@@ -12,10 +12,22 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Optional, Sequence
 
+import hivemind
+
+from crowdtrain.dht.records import subkey_values
+
 MAX_GROUP = 999  # sizes above this rank as equal (the size term must stay below one epoch)
 SIZE_STEP = 1e-3
 TIE_BREAK_BUCKETS = 2 ** 20
 TIE_BREAK_STEP = SIZE_STEP / TIE_BREAK_BUCKETS  # ≈ 1e-9: well above float resolution for any epoch < 10⁵
+
+
+def declared_priorities(dht: hivemind.DHT, prefix: str) -> dict[bytes, float]:
+    """The state-sharing priorities that the averagers under ``prefix`` currently declare, by peer id bytes
+    (what hivemind's state download reads; peers not sharing declare none)."""
+    entry = dht.get(f"{prefix}.all_averagers", latest=True)
+    return {subkey: float(value) for subkey, value in subkey_values(entry).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def round_priority(epoch: int, members: Sequence[str]) -> float:

@@ -11,8 +11,8 @@ from hivemind.averaging.allreduce import AllreduceException
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
+from crowdtrain.averaging.canonical import declared_priorities
 from crowdtrain.averaging.outer import OuterOptimizer
-from crowdtrain.dht.records import subkey_values
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +22,6 @@ class AveragedDeltas:
     tensors: list[torch.Tensor]
     members: tuple[str, ...]
     "Peer ids of the group that averaged them, this peer's included."
-
-    @property
-    def group_size(self) -> int:
-        return len(self.members)
 
 
 class DeltaAverager(DecentralizedAverager):
@@ -76,10 +72,8 @@ class DeltaAverager(DecentralizedAverager):
 
     def declared_priorities(self) -> list[float]:
         """The state-sharing priorities the other peers currently declare (hivemind's download key)."""
-        entry = self.dht.get(f"{self.prefix}.all_averagers", latest=True)
         own = self.peer_id.to_bytes()
-        return [float(value) for subkey, value in subkey_values(entry).items()
-                if subkey != own and isinstance(value, (int, float)) and not isinstance(value, bool)]
+        return [p for peer, p in declared_priorities(self.dht, self.prefix).items() if peer != own]
 
     def download_outer_state(self, timeout: float) -> bool:
         """Adopt the outer state of the most advanced live peer; False if none sent a usable one."""

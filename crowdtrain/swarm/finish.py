@@ -28,9 +28,10 @@ from typing import Callable, Optional
 import hivemind
 from hivemind.p2p import PeerID
 
+from crowdtrain.averaging.canonical import declared_priorities
 from crowdtrain.config import RunConfig
 from crowdtrain.dht.publish import read_peers
-from crowdtrain.dht.records import PeerRecord, subkey_values
+from crowdtrain.dht.records import PeerRecord
 
 logger = logging.getLogger(__name__)
 LIVE_PEER_AGE = 10.0  # a record refreshed more recently (heartbeat: every few seconds) is a live peer
@@ -59,9 +60,7 @@ def choose_canonical(records: list[PeerRecord]) -> Optional[PeerRecord]:
 
 def declared_priority(dht: hivemind.DHT, averager: hivemind.DecentralizedAverager, peer_id: str) -> Optional[float]:
     """``peer_id``'s state-sharing priority as hivemind's state download reads it; None if not sharing."""
-    declared = subkey_values(dht.get(f"{averager.prefix}.all_averagers", latest=True))
-    priority = declared.get(PeerID.from_base58(peer_id).to_bytes())
-    return float(priority) if isinstance(priority, (int, float)) else None
+    return declared_priorities(dht, averager.prefix).get(PeerID.from_base58(peer_id).to_bytes())
 
 
 class RunFinisher:
