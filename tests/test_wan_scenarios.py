@@ -3,16 +3,20 @@
 is unshaped: a server).
 
 Two sizes. CI: albert-tiny shrunk to 77 k parameters through the run's hparams (0.3 MB of fp32 per round
-each way instead of 3 MB, about 0.5 s at 5 Mbit/s instead of 5 s), two epochs of 512 samples; a round
-(matchmaking across 100 ms links, all-reduce, state averaging) then takes a few seconds and dominates
-an epoch. ``slow``: albert-tiny as published (0.8 M parameters), three epochs of 128 samples. In both,
-each volunteer's compute is slowed 4x (``--throttle 3``) so that an epoch outlasts the few seconds by
-which the volunteers' starts differ (otherwise the first ones race through the epochs alone).
+each way instead of 3 MB, about 0.5 s at 5 Mbit/s instead of 5 s), two epochs of 1024 samples, each
+volunteer's compute slowed 16x (``--throttle 15``; it sleeps, so it costs no CPU) so that an epoch lasts
+15-20 s. ``slow``: albert-tiny as published (0.8 M parameters), three epochs of 128 samples, slowed 4x.
 
-Measured 2026-11-25 on the shared 2-core machine (load average 13-27): the CI size takes 112-163 s
-(four peers) and 115-178 s (undialable), over the ~90 s aimed for; the training itself is 20-35 s of
-that, the rest is five processes importing torch, hivemind and transformers at once (~20 s each),
-the coordinator building its assets, and each volunteer's reachability check and link probe.
+Why epochs must last: across 100 ms links a peer's progress record takes seconds to reach the others
+(hivemind's tracker refetches every 3 s while it sees no one, and each DHT read is a few round trips).
+With the CI size at 512 samples and 4x, an idle machine ran an epoch in 3-5 s, so the full peers each
+filled the target batch alone, never met in a round, and the client had no group to join (CI failed on
+that, 2026-11-25: 0 rounds for the client, and 0 for the full peers). At 1024 samples and 16x, every
+peer averaged in both rounds in 4 of 4 runs.
+
+Measured 2026-11-25 on the shared 2-core machine, idle: 75-82 s per scenario, of which training is
+about 35 s; the rest is five processes importing torch, hivemind and transformers at once, the
+coordinator building its assets, and each volunteer's reachability check and link probe.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ class Size:
     "Seconds a round may take: about twice the slowest all-reduce of the size."
     hparams: tuple[str, ...] = ()
     "Recipe hyper-parameter overrides, ``KEY=JSON``."
+    throttle: int = 3
+    "Each volunteer sleeps this many times its compute time per micro-batch."
 
     def coordinator_args(self) -> list[str]:
         overrides = [arg for hparam in self.hparams for arg in ("--hparam", hparam)]
@@ -53,7 +59,7 @@ class Size:
                 "--log-interval", "1"]
 
 
-CI = Size(target_batch_size=512, max_epochs=2, averaging_timeout=15,
+CI = Size(target_batch_size=1024, max_epochs=2, averaging_timeout=15, throttle=15,
           hparams=("vocab_size=1024", "embedding_size=32", "hidden_size=64", "intermediate_size=128",
                    "num_attention_heads=2", "num_hidden_layers=1", "seq_len=32"))
 # fails 3 of 3 runs here (2026-11-25), at the end of the run: the canonical peer serves its 9.4 MB state (parameters
@@ -72,7 +78,7 @@ def _run(local_swarm, tmp_path: Path, size: Size, volunteer_links: list[Link]) -
         try:
             _, address = wan.start_coordinator([*size.coordinator_args(), "--run-dir", str(tmp_path / "run"),
                                                 "--history", str(history)])
-            volunteers = [wan.start_volunteer(i, address, ["--batch-size", "4", "--throttle", "3", "--export", str(tmp_path / f"p{i}.pt")])
+            volunteers = [wan.start_volunteer(i, address, ["--batch-size", "4", "--throttle", str(size.throttle), "--export", str(tmp_path / f"p{i}.pt")])
                           for i in range(1, len(volunteer_links) + 1)]
             for volunteer in volunteers:
                 assert volunteer.popen.wait(timeout=VOLUNTEER_TIMEOUT) == 0, volunteer.log()[-3000:]
