@@ -2,6 +2,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import hypothesis  # noqa: F401  imported here, at start-up: its pytest plugin's first import at the
+# end of a session (a run without the fuzz tests) hits CPython 3.11's "AST constructor recursion depth
+# mismatch" in pytest's assertion rewriter and fails the run after every test passed
 import pytest
 
 from crowdtrain.testing.local_swarm import LocalSwarm

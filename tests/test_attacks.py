@@ -36,7 +36,7 @@ def _run(local_swarm: LocalSwarm, tmp_path: Path, identity: Identity, size: Scen
     return outcome
 
 
-def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, size: Scenario) -> None:
+def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, size: Scenario) -> dict[str, Outcome]:
     identity = Identity.temporary()
     clean = _run(local_swarm, tmp_path, identity, size, None, "centered_clip")
     defended = _run(local_swarm, tmp_path, identity, size, attack, "centered_clip")
@@ -48,6 +48,19 @@ def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, size: Sce
     assert defended.detected, summary
     assert control.final_loss > clean.final_loss + NOISE, summary  # the attack does damage without defences
     assert defended.final_loss < control.final_loss, summary
+    return {"clean": clean, "defended": defended, "control": control}
+
+
+@pytest.mark.timeout(600)
+def test_nan_gradients_from_a_group_member(local_swarm, tmp_path):
+    """The attack CI runs (4 epochs): a peer whose gradients, and whatever it returns as a reducer, are NaN.
+    Without defences hivemind's mean spreads them and the model ends non-finite (damage that no run-to-run
+    noise can hide); with them the swarm trains on, the honest peers ban the offender, and they end
+    holding one model although the offender makes itself the canonical end-of-run donor whenever its id
+    is the lowest (they refuse its non-finite state and move on to the same next donor)."""
+    outcomes = check_attack(local_swarm, tmp_path, "nan", CI_SIZE)
+    defended = outcomes["defended"]
+    assert defended.divergence < 1e-3, defended.to_dict()
 
 
 @pytest.mark.slow  # out of CI until its margin is safe: the control's damage was +0.205 over clean (bound 0.1)

@@ -8,6 +8,7 @@
 - ``averager.py``: RobustGradientAverager, RobustTrainingStateAverager, CompleteTrainingStateAverager
   (refuses incomplete state downloads) and the factory the swarm optimizer uses
   (:mod:`crowdtrain.swarm.optimizer`).
+- ``donors.py``: state downloads that skip given donors (refused or banned peers).
 - ``link_aware.py``: :func:`plan_averaging`, this peer's share, groups, timeouts and compression
   from measurements; built from ``groups.py`` (adaptive group sizes), ``timeouts.py`` (per-peer
   timeouts within bounds) and ``link_compression.py`` (compression by uplink).

@@ -32,6 +32,7 @@ from hivemind.p2p.servicer import StubBase
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
+from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.dht.publish import read_peers
 from crowdtrain.peers.invites import invite_marker, peer_id_of
 
@@ -119,7 +120,7 @@ class InviteOnlyGradientAverager(_InviteOnly, GradientAverager):
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, TrainingStateAverager, CompleteStateDownload):
+class InviteOnlyStateAverager(_InviteOnly, TrainingStateAverager, CompleteStateDownload, DonorChoice):
     pass
 
 

@@ -26,6 +26,7 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.asyncio import as_aiter, azip
 
 from crowdtrain.averaging.bans import BanList, BanSnapshot
+from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
 from crowdtrain.config import IntegrityConfig
 
@@ -135,7 +136,15 @@ class CompleteStateDownload(DecentralizedAverager):
     either.
     """
 
+    last_download_accepted: bool = False
+    "Whether the last download brought a state that passed every check of this chain."
+
     def load_state_from_peers(self, *args, **kwargs):
+        loaded = self._load_complete_state(*args, **kwargs)
+        self.last_download_accepted = loaded is not None
+        return loaded
+
+    def _load_complete_state(self, *args, **kwargs):
         for _ in range(STATE_DOWNLOAD_ATTEMPTS):
             try:
                 loaded = super().load_state_from_peers(*args, **kwargs)
@@ -165,12 +174,12 @@ class FiniteStateDownload(DecentralizedAverager):
         return loaded
 
 
-class CompleteTrainingStateAverager(wire_compatible(TrainingStateAverager), CompleteStateDownload):
+class CompleteTrainingStateAverager(wire_compatible(TrainingStateAverager), CompleteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager that loads complete downloaded states only."""
 
 
 class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager), CompleteStateDownload,
-                                  FiniteStateDownload):
+                                  FiniteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 
 

@@ -6,7 +6,9 @@ slightly different parameters. When the run is over:
 1. each peer waits for its own pending updates (a peer that missed the last round first downloads
    the state of a peer at the final epoch) and for every live peer to reach the final epoch;
 2. one *canonical* peer is chosen the same way by all: the lowest peer id among the non-client peers
-   at the highest epoch;
+   at the highest epoch, leaving out the peers this peer banned and any peer whose state it refused
+   (a hostile peer can make itself canonical; every honest peer refuses its non-finite state, and they
+   all move on to the same next candidate);
 3. the canonical peer raises its state-sharing priority and marks itself ``finished``; the others stop
    sharing their own state, wait until they see the canonical peer's raised priority (hivemind's
    download takes the highest declared priority and breaks ties at random: before the raised priority
@@ -50,12 +52,18 @@ def live_peers(dht: hivemind.DHT, run_id: str) -> list[PeerRecord]:
     return [r for r in read_peers(dht, run_id).records if time.time() - r.time < LIVE_PEER_AGE]
 
 
-def choose_canonical(records: list[PeerRecord]) -> Optional[PeerRecord]:
-    donors = [r for r in records if r.role == "full"]  # the coordinator's keeper ("aux") adopts, never leads
+def choose_canonical(records: list[PeerRecord], excluded: frozenset[str] = frozenset()) -> Optional[PeerRecord]:
+    donors = [r for r in records if r.role == "full" and r.peer_id not in excluded]  # the coordinator's keeper ("aux") adopts, never leads
     if not donors:
         return None
     top = max(r.epoch for r in donors)
     return min((r for r in donors if r.epoch == top), key=lambda r: r.peer_id)
+
+
+def banned_peers(optimizer: hivemind.Optimizer) -> set[str]:
+    """Peers this peer's robust gradient averager banned (hivemind's plain mean bans no one)."""
+    bans = getattr(optimizer.grad_averager, "bans", None)
+    return set(bans.banned) if bans is not None else set()
 
 
 def declared_priority(dht: hivemind.DHT, averager: hivemind.DecentralizedAverager, peer_id: str) -> Optional[float]:
@@ -78,11 +86,17 @@ class RunFinisher:
             averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout)
         self.publish()
         self._wait(lambda live: all(r.epoch >= self.run.max_epochs for r in live))
-        records = live_peers(self.dht, self.run.run_id)
-        canonical = choose_canonical(records)
-        if canonical is None or canonical.peer_id == self.me:
-            return self._serve_as_canonical()
-        return self._adopt_canonical(canonical)
+        refused: set[str] = set()
+        while True:
+            excluded = frozenset(refused | banned_peers(self.optimizer))
+            canonical = choose_canonical(live_peers(self.dht, self.run.run_id), excluded)
+            if canonical is None or canonical.peer_id == self.me:
+                return self._serve_as_canonical()
+            adopted = self._adopt_canonical(canonical, excluded)
+            if adopted is not None:
+                return adopted
+            refused.add(canonical.peer_id)
+            logger.warning(f"refused the final state of peer {canonical.peer_id[-6:]}; choosing the next peer")
 
     def _serve_as_canonical(self) -> bool:
         averager = self.optimizer.state_averager
@@ -90,13 +104,15 @@ class RunFinisher:
             self.state.finished = True
             self.publish()
             return False
+        averager.allow_state_sharing = True  # it may have stopped sharing while it tried to adopt another's
         averager.state_sharing_priority = CANONICAL_PRIORITY
         self.state.finished = True
         self.publish()
         self._wait(lambda live: all(r.finished for r in live if r.peer_id != self.me))
         return True
 
-    def _adopt_canonical(self, canonical: PeerRecord) -> bool:
+    def _adopt_canonical(self, canonical: PeerRecord, excluded: frozenset[str]) -> Optional[bool]:
+        """True: adopted; False: leaves with its own state (out of time); None: refused ``canonical``'s state."""
         averager = self.optimizer.state_averager
         if averager.allow_state_sharing:
             averager.allow_state_sharing = False
@@ -104,8 +120,10 @@ class RunFinisher:
                           and (declared_priority(self.dht, averager, canonical.peer_id) or 0.0) >= CANONICAL_PRIORITY):
             logger.warning("the peer holding the final state did not answer; leaving with this peer's own state")
             return False
-        averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout)
-        if averager.local_epoch < self.run.max_epochs:
+        averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout, exclude=sorted(excluded))
+        if averager.local_epoch < self.run.max_epochs or not getattr(averager, "last_download_accepted", True):
+            if time.monotonic() < self.deadline:
+                return None
             logger.warning("could not download the final state; leaving with this peer's own state")
             return False
         self.state.finished = True
