@@ -71,13 +71,16 @@ def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinat
         "--run-dir", str(run_dir), "--no-keep-state"],
         identity=coordinator_identity, name=f"coordinator-{_label(scenario)}", timeout=scenario.timeout)
     honest, hostile = [], None
-    for index in range(scenario.peers):
+    # the last peer (the hostile one) holds the lowest id: the donor every peer adopts at the end unless left out
+    identities = sorted((Identity.temporary() for _ in range(scenario.peers)), key=lambda i: str(i.peer_id), reverse=True)
+    for index, identity in enumerate(identities):
         name = f"{_label(scenario)}-{index}"
         args = ["--batch-size", str(scenario.batch_size), "--export", str(workdir / f"{name}.pt")]
         if scenario.attack is not None and index == scenario.peers - 1:
-            hostile = swarm.start_volunteer(name, [address], args, launcher=hostile_launcher(scenario.attack))
+            hostile = swarm.start_volunteer(name, [address], args, launcher=hostile_launcher(scenario.attack),
+                                            identity=identity)
         else:
-            honest.append(swarm.start_volunteer(name, [address], args))
+            honest.append(swarm.start_volunteer(name, [address], args, identity=identity))
     for peer in honest:
         code = peer.popen.wait(timeout=scenario.timeout)
         if code != 0:
