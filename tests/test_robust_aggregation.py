@@ -13,12 +13,12 @@ import pytest
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.partition import TensorPartReducer
-from hivemind.p2p import P2P
 
 from crowdtrain.averaging.bans import BanList
 from crowdtrain.averaging.reducer import RobustAllReduceRunner, RobustTensorPartReducer
 from crowdtrain.averaging.robust import aggregate, bounded_weights, check_aggregate, screen
 from crowdtrain.config import IntegrityConfig
+from crowdtrain.testing.allreduce import SameHandles, allreduce
 from crowdtrain.testing.hostile import CORRUPTIONS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "albert_gradients.pt"
@@ -137,13 +137,7 @@ def test_one_strike_per_round_and_ban_after_the_limit():
 # --- a real butterfly all-reduce: 4 peers over loopback p2p, one of them hostile ------------------
 
 
-class _SameHandles:
-    @classmethod
-    def _get_handle_name(cls, namespace, method_name):
-        return AllReduceRunner._get_handle_name(namespace, method_name)
-
-
-class _Robust(_SameHandles, RobustAllReduceRunner):
+class _Robust(SameHandles, RobustAllReduceRunner):
     pass
 
 
@@ -153,39 +147,12 @@ def _hostile_runner(corrupt):
             result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
             return result if sender_index == 3 else corrupt(result)
 
-    class Hostile(_SameHandles, AllReduceRunner):
+    class Hostile(SameHandles, AllReduceRunner):
         def __init__(self, *, tensors, **kwargs):
             super().__init__(tensors=[corrupt(t) for t in tensors], **kwargs)
             self.tensor_part_reducer.__class__ = Reducer
 
     return Hostile
-
-
-async def _allreduce(tensors: list[torch.Tensor], runner_types: list, ban_last: bool = False, **robust_kwargs):
-    """Runs one all-reduce of ``tensors[i]`` by a ``runner_types[i]`` each; returns (results, runners)."""
-    first = await P2P.create(nat_port_map=False)
-    maddrs = await first.get_visible_maddrs()
-    p2ps = [first, *await asyncio.gather(*(P2P.create(initial_peers=maddrs, nat_port_map=False) for _ in range(3)))]
-    try:
-        peer_ids = [p2p.peer_id for p2p in p2ps]
-        robust_kwargs["banned"] = {str(peer_ids[-1])} if ban_last else set()
-        runners = []
-        for p2p, runner_type, tensor in zip(p2ps, runner_types, tensors):
-            extra = robust_kwargs if issubclass(runner_type, RobustAllReduceRunner) else {}
-            runner = runner_type(p2p=p2p, servicer_type=AllReduceRunner, prefix=None, group_id=b"group",
-                                 tensors=[tensor.clone()], weight=1.0, ordered_peer_ids=peer_ids,
-                                 peer_fractions=(0.25,) * 4, part_size_bytes=2**14, sender_timeout=5.0,
-                                 reducer_timeout=10.0, **extra)
-            await runner.add_p2p_handlers(p2p)
-            runners.append(runner)
-
-        async def deltas(runner):
-            return [delta async for delta in runner]
-
-        results = await asyncio.wait_for(asyncio.gather(*(deltas(r) for r in runners)), 60)
-        return [[t + d for t, d in zip([tensor], delta)] for tensor, delta in zip(tensors, results)], runners
-    finally:
-        await asyncio.gather(*(p2p.shutdown() for p2p in p2ps))
 
 
 @pytest.mark.timeout(120)
@@ -195,7 +162,7 @@ def test_hostile_group_member_is_rejected_as_sender_and_as_reducer(gradients, at
     tensors = [g[i].clone() for i in range(4)]
     honest = g[:3].mean(0)
     types = [_Robust, _Robust, _Robust, _hostile_runner(CORRUPTIONS[attack])]
-    outputs, runners = asyncio.run(_allreduce(tensors, types, integrity=IntegrityConfig()))
+    outputs, runners = asyncio.run(allreduce(tensors, types, integrity=IntegrityConfig()))
     hostile_id = runners[3].peer_id
     errors = [relative_error(outputs[peer][0], honest) for peer in range(3)]
     for peer in range(3):
@@ -204,8 +171,8 @@ def test_hostile_group_member_is_rejected_as_sender_and_as_reducer(gradients, at
         reasons = runners[peer].offences[hostile_id]
         assert any("aggregate" in reason for reason in reasons), reasons  # as a reducer
         assert attack == "sign_flip" or any("contribution" in reason for reason in reasons), reasons  # as a sender
-    plain = type("Plain", (_SameHandles, AllReduceRunner), {})
-    control, _ = asyncio.run(_allreduce(tensors, [plain] * 3 + [types[3]]))
+    plain = type("Plain", (SameHandles, AllReduceRunner), {})
+    control, _ = asyncio.run(allreduce(tensors, [plain] * 3 + [types[3]]))
     control_errors = [relative_error(control[peer][0], honest) for peer in range(3)]
     assert min(control_errors) > max(errors), (control_errors, errors)
 
@@ -215,7 +182,7 @@ def test_banned_peer_takes_no_part(gradients):
     g = torch.cat(list(gradients.values()), dim=1)
     tensors = [g[i].clone() for i in range(4)]
     types = [_Robust] * 3 + [_hostile_runner(CORRUPTIONS["nan"])]
-    outputs, runners = asyncio.run(_allreduce(tensors, types, integrity=IntegrityConfig(), ban_last=True))
+    outputs, runners = asyncio.run(allreduce(tensors, types, integrity=IntegrityConfig(), ban_last=True))
     for peer in range(3):
         assert torch.isfinite(outputs[peer][0]).all()
         assert not runners[peer].offences  # ignored: nothing it sent or returned was even looked at

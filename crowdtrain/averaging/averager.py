@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import AsyncIterator, Callable, Optional, Sequence
+from typing import AsyncIterator, Callable, Optional
 
 import torch
-from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.averager import DecentralizedAverager
-from hivemind.averaging.group_info import GroupInfo
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
-from hivemind.utils import get_dht_time
-from hivemind.utils.asyncio import as_aiter, azip
 
 from crowdtrain.averaging.bans import BanList, BanSnapshot
+from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
 from crowdtrain.config import IntegrityConfig
@@ -50,7 +47,7 @@ def wire_compatible(base: type) -> type:
 WireCompatibleAverager = wire_compatible(GradientAverager)
 
 
-class RobustAveraging:
+class RobustAveraging(ConsistentAveraging):
     """Mixin for a hivemind averager: its all-reduce screens, robustly aggregates, checks and bans.
 
     ``publish`` is called (in the averager's process) with the ban list after every round that
@@ -64,26 +61,12 @@ class RobustAveraging:
         self.bans = BanList(integrity.ban_after)
         super().__init__(*args, **kwargs)
 
-    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
-                                      group_id: Optional[bytes] = None, **kwargs) -> None:
-        """hivemind's, with our runner; the round's offences become strikes when it ends."""
-        group_id = group_info.group_id if group_id is None else group_id
-        runner = self.runner_type(
-            p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
-            ordered_peer_ids=group_info.peer_ids, integrity=self.integrity, banned=self.bans.banned, **kwargs)
-        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
-        self._running_groups[group_id].set_result(runner)
-        try:
-            if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
-                async for tensor, update in azip(as_aiter(*tensors), runner):
-                    tensor.add_(update, alpha=self._averaging_alpha)
-                    self.last_updated = get_dht_time()
-                    self._state_updated.set()
-            else:
-                async for _ in runner:
-                    raise ValueError("aux peers should not receive averaged tensors")
-        finally:
-            self._strike(runner.offences)
+    def _runner_kwargs(self) -> dict:
+        return {"integrity": self.integrity, "banned": self.bans.banned}
+
+    def _after_round(self, runner: RobustAllReduceRunner) -> None:
+        """The round's offences become strikes."""
+        self._strike(runner.offences)
 
     def _strike(self, offences: dict) -> None:
         for peer, reasons in offences.items():

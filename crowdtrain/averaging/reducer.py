@@ -1,7 +1,8 @@
 """All-reduce with robust aggregation: the part this peer reduces, and the parts others reduce for it.
 
 hivemind's butterfly all-reduce splits the flattened tensors into one share per group member; each
-member reduces its share from every sender and returns the difference to each. Here:
+member reduces its share from every sender and returns it to each (one encoded average for all:
+:mod:`crowdtrain.averaging.consistent`). Here:
 
 - :class:`RobustTensorPartReducer` keeps every sender's contribution to the current part instead of
   a running sum, screens them (:func:`crowdtrain.averaging.robust.screen`) and combines the accepted
@@ -21,10 +22,10 @@ import logging
 from typing import Callable, Collection, Optional
 
 import torch
-from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
 from hivemind.p2p import PeerID
 
+from crowdtrain.averaging.consistent import ConsistentAverageRunner
 from crowdtrain.averaging.robust import aggregate, check_aggregate, screen
 from crowdtrain.config import IntegrityConfig
 
@@ -95,8 +96,9 @@ class RobustTensorPartReducer(TensorPartReducer):
         return result.to(parts[kept[0]].dtype).reshape(shape)
 
 
-class RobustAllReduceRunner(AllReduceRunner):
-    """AllReduceRunner with :class:`RobustTensorPartReducer`, checked aggregates and bans."""
+class RobustAllReduceRunner(ConsistentAverageRunner):
+    """:class:`~crowdtrain.averaging.consistent.ConsistentAverageRunner` with :class:`RobustTensorPartReducer`,
+    checked aggregates and bans."""
 
     def __init__(self, *, integrity: IntegrityConfig, banned: Collection[str], **kwargs):
         super().__init__(**kwargs)
@@ -110,11 +112,7 @@ class RobustAllReduceRunner(AllReduceRunner):
         for peer in self._banned & set(self.sender_peer_ids):
             self.banned_senders.add(peer)
             self.tensor_part_reducer.on_sender_failed(self.sender_peer_ids.index(peer))
-        self._own_index = self.ordered_peer_ids.index(self.peer_id)
-        self._held: dict[int, list[torch.Tensor]] = {}
-        container = self.tensor_part_container
-        self._register_unchecked = container.register_processed_part
-        container.register_processed_part = self._register_checked
+        self._held: dict[int, dict[int, torch.Tensor]] = {}  # by reducer, by part: differences not yet checked
 
     def _offence(self, peer: PeerID, reason: str) -> None:
         if peer not in self.offences:
@@ -126,21 +124,27 @@ class RobustAllReduceRunner(AllReduceRunner):
         if peer != self.peer_id:
             self._offence(peer, f"a contribution with {reason}")
 
-    def _register_checked(self, peer_index: int, part_index: int, delta: torch.Tensor) -> None:
-        """Hold another reducer's parts until its whole share arrived, check the share, then register it."""
+    def on_delta(self, peer_index: int, part_index: int, delta: torch.Tensor) -> None:
+        """Hold another reducer's parts until its whole share arrived, check the share, then register it.
+
+        A reducer that fails part-way gets hivemind's zero difference for *every* part of its share
+        (the container counts none of the held parts as registered): its share keeps this peer's values."""
         if peer_index == self._own_index or self.weight <= 0:
-            return self._register_unchecked(peer_index, part_index, delta)
-        held = self._held.setdefault(peer_index, [])
-        held.append(delta)
+            return super().on_delta(peer_index, part_index, delta)
+        held = self._held.setdefault(peer_index, {})
+        held[part_index] = delta
         if len(held) < self.tensor_part_container.num_parts_by_peer[peer_index]:
             return
+        del self._held[peer_index]
         own = [part for part, _ in self.tensor_part_container._input_parts_by_peer[peer_index]]
-        reason = self._check_share(own, held)
-        if reason is not None:
-            self._offence(self.ordered_peer_ids[peer_index], f"an aggregate with {reason}")
-            held = [torch.zeros_like(part) for part in own]  # keep this peer's own values for that share
-        for index, part_delta in enumerate(held):
-            self._register_unchecked(peer_index, index, part_delta.reshape(own[index].shape))
+        deltas = [held[index] for index in range(len(own))]
+        if peer_index not in self._failed_reducers:
+            reason = self._check_share(own, deltas)
+            if reason is not None:
+                self._offence(self.ordered_peer_ids[peer_index], f"an aggregate with {reason}")
+                deltas = [torch.zeros_like(part) for part in own]  # keep this peer's own values for that share
+        for index, part_delta in enumerate(deltas):
+            super().on_delta(peer_index, index, part_delta.reshape(own[index].shape))
 
     def _check_share(self, own: list[torch.Tensor], deltas: list[torch.Tensor]) -> Optional[str]:
         if [d.numel() for d in deltas] != [o.numel() for o in own]:
