@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
-from hivemind import DecentralizedAverager
 from hivemind.averaging.allreduce import AllreduceException
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
 from crowdtrain.averaging.canonical import declared_priorities
+from crowdtrain.averaging.consistent import ConsistentAveraging
+from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.outer import OuterOptimizer
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,12 @@ class AveragedDeltas:
     "Peer ids of the group that averaged them, this peer's included."
 
 
-class DeltaAverager(DecentralizedAverager):
+class DeltaAverager(ConsistentAveraging, DonorChoice):
     """A DecentralizedAverager whose averaged tensors are the round's deltas, weighted by samples.
+
+    Its rounds leave every member with the same average whatever the delta compression
+    (:mod:`crowdtrain.averaging.consistent`). Deltas are not screened: the gradient screening's bounds
+    (a contribution over 10x the median norm) rejected an honest newcomer's first delta in a 3-peer run.
 
     A newcomer (or a peer that missed a round) downloads the *outer* state from it instead:
     θ₀, the momentum buffers and the outer epoch (:meth:`get_current_state`, called by hivemind in
@@ -75,9 +80,10 @@ class DeltaAverager(DecentralizedAverager):
         own = self.peer_id.to_bytes()
         return [p for peer, p in declared_priorities(self.dht, self.prefix).items() if peer != own]
 
-    def download_outer_state(self, timeout: float) -> bool:
-        """Adopt the outer state of the most advanced live peer; False if none sent a usable one."""
-        loaded = self.load_state_from_peers(timeout=timeout)
+    def download_outer_state(self, timeout: float, exclude: Iterable[str] = ()) -> bool:
+        """Adopt the outer state of the most advanced live peer (not one of ``exclude``); False if none sent a
+        usable one."""
+        loaded = self.load_state_from_peers(timeout=timeout, exclude=exclude)
         if loaded is None:
             return False
         metadata, tensors = loaded
@@ -93,3 +99,4 @@ class DeltaAverager(DecentralizedAverager):
         if not self.client_mode:  # a client's averager shares no state
             self.state_sharing_priority = epoch
         return True
+

@@ -15,9 +15,10 @@ and :class:`~crowdtrain.swarm.finish.RunFinisher` use (``step``, ``zero_grad``, 
 """
 from __future__ import annotations
 
+
 import logging
 import time
-from typing import Optional
+from typing import Iterable, Optional
 
 import hivemind
 import torch
@@ -98,9 +99,10 @@ class DiLoCoOptimizer:
         elif self._round_due():
             self._outer_round()
 
-    def resync(self) -> bool:
-        """Adopt the swarm's current outer state (drops this peer's unfinished round); False if none came."""
-        if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout):
+    def resync(self, exclude: Iterable[str] = ()) -> bool:
+        """Adopt the swarm's current outer state (drops this peer's unfinished round); False if none came.
+        ``exclude``: peers not to download from."""
+        if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout, exclude):
             if self._resync_backoff.failed() == 1:
                 logger.warning(f"no peer sent the outer state of epoch {self.tracker.global_epoch}; training on "
                                f"from this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
@@ -211,8 +213,10 @@ class OuterStateView:
     def step(self, wait_for_delayed_updates: bool = True) -> None:
         """Nothing is pending: outer rounds run in the foreground."""
 
-    def load_state_from_peers(self, timeout: Optional[float] = None) -> None:
-        self._driver.resync()
+    last_download_accepted: bool = False
+
+    def load_state_from_peers(self, timeout: Optional[float] = None, exclude: Iterable[str] = ()) -> None:
+        self.last_download_accepted = self._driver.resync(exclude)
 
     @property
     def prefix(self) -> str:

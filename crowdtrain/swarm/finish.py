@@ -61,8 +61,9 @@ def choose_canonical(records: list[PeerRecord], excluded: frozenset[str] = froze
 
 
 def banned_peers(optimizer: hivemind.Optimizer) -> set[str]:
-    """Peers this peer's robust gradient averager banned (hivemind's plain mean bans no one)."""
-    bans = getattr(optimizer.grad_averager, "bans", None)
+    """Peers this peer's robust gradient averager banned (hivemind's plain mean, and DiLoCo's delta
+    averager, ban no one)."""
+    bans = getattr(getattr(optimizer, "grad_averager", None), "bans", None)
     return set(bans.banned) if bans is not None else set()
 
 
