@@ -92,3 +92,18 @@ def test_compression_follows_the_uplink(upload, kind):
 def test_compression_policy_validates():
     with pytest.raises(ValueError):
         CompressionPolicy(fp16_below_mbps=10.0, int8_below_mbps=20.0)
+
+
+def test_gradients_travel_in_the_links_codec_only_where_the_averager_is_ours():
+    from crowdtrain.averaging.access import RunAccess
+    from crowdtrain.config import IntegrityConfig
+    from crowdtrain.swarm.optimizer import gradient_compression
+    from tests.test_config import make_run
+
+    slow = plan_averaging(Timeouts(), LinkMeasurement(upload_mbps=5.0, download_mbps=20.0, rtt_ms=100.0), [], 10**6)
+    robust, mean = make_run(), make_run(integrity=IntegrityConfig(aggregator="mean"))
+
+    assert isinstance(gradient_compression(robust, None, slow), Quantile8BitQuantization)
+    assert isinstance(gradient_compression(mean, None, slow), NoCompression)  # hivemind's averager: lossless
+    assert isinstance(gradient_compression(robust, object.__new__(RunAccess), slow), NoCompression)  # private run
+    assert isinstance(gradient_compression(robust, None, None), NoCompression)  # unmeasured

@@ -1,6 +1,6 @@
 """Everything this peer's averagers take from measurements: its share, the group sizes, its timeouts.
 
-Its compression follows its upload (:mod:`crowdtrain.averaging.compression`). The share of the all-reduce follows the link (hivemind's ``bandwidth`` argument, fed to DeDLOC's LP in
+Its compression follows its upload (:mod:`crowdtrain.averaging.link_compression`). The share of the all-reduce follows the link (hivemind's ``bandwidth`` argument, fed to DeDLOC's LP in
 ``load_balance_peers``). A butterfly aggregator both receives and sends its part to every groupmate,
 so the tighter of its two directions bounds it: ``min(upload, download)``, the upload on home links.
 """
@@ -25,7 +25,7 @@ class AveragingPlan:
     groups: GroupPlan
     timeouts: Timeouts
     compression: CompressionBase
-    "What this peer would send in an all-reduce (benchmarked; training stays lossless, see swarm/optimizer.py)."
+    "What this peer's gradients travel as where the run's averager allows it (see swarm/optimizer.py)."
 
     def averager_opts(self) -> dict[str, Any]:
         """Keyword arguments for both of hivemind.Optimizer's averagers."""

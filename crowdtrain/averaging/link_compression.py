@@ -1,8 +1,9 @@
 """Compression by link: what this peer sends in an all-reduce is compressed according to its upload.
 
-hivemind lets each sender choose: every tensor part travels with its compression type, and the
-aggregator answers in the sender's type (``averaging/allreduce.py``), so a peer on a slow uplink can
-send 8-bit quantized parts while its groupmates stay lossless. Unmeasured links keep the default.
+Every tensor part travels with its compression type, so a peer on a slow uplink can send 8-bit
+quantized parts while its groupmates stay lossless; each reducer answers with one average in its own
+codec (:mod:`crowdtrain.averaging.consistent`), so the group still ends with one result. Unmeasured
+links keep the default.
 """
 from __future__ import annotations
 

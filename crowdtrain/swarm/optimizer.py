@@ -9,6 +9,7 @@ from typing import Optional
 
 import hivemind
 import torch
+from hivemind.compression import CompressionBase, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 
@@ -158,12 +159,16 @@ def build_swarm_optimizer(
     :mod:`crowdtrain.averaging`'s robust averagers and other peers' progress claims are bounded; with
     ``mean`` all three are hivemind's own (the control of the attack benchmarks).
     ``averaging`` (from measurements) sets this peer's share, group sizes and timeouts; without it,
-    equal shares, hivemind's group sizes and the run's timeouts. Its compression is not applied:
-    hivemind returns each sender its averaged part in the sender's own (lossy) compression, so peers
-    would end a round with different gradients and lose their bit-identical parameters.
+    equal shares, hivemind's group sizes and the run's timeouts. Its compression (by this peer's
+    uplink) applies to the gradients this peer sends where the gradient averager is ours (a robust
+    aggregator): every member then gets one encoded average per share
+    (:mod:`crowdtrain.averaging.consistent`) and parameters stay identical across peers. hivemind's
+    own averager (``mean``, private runs) stays lossless: it returns each sender its own lossy
+    difference, and it cannot mix codecs in one group at all (it cuts parts by compressed size).
     """
     timeouts = run.timeouts if averaging is None else averaging.timeouts
     measured_opts = {} if averaging is None else averaging.averager_opts()
+    grad_compression = gradient_compression(run, access, averaging)
     me = str(identity.peer_id)
 
     def publish_bans(snapshot: BanSnapshot) -> None:
@@ -185,6 +190,7 @@ def build_swarm_optimizer(
         next_chunk_timeout=timeouts.next_chunk_timeout,
         delay_optimizer_step=False,
         delay_grad_averaging=False,
+        grad_compression=grad_compression,
         client_mode=client_mode,
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
                        **measured_opts},
@@ -193,3 +199,14 @@ def build_swarm_optimizer(
         integrity=run.integrity,
         verbose=False,
     )
+
+
+def gradient_compression(run: RunConfig, access: Optional[RunAccess], averaging: Optional[AveragingPlan]
+                         ) -> CompressionBase:
+    """What this peer's gradients travel as: its link's choice where the run's averager is ours, else none."""
+    if averaging is None or access is not None or not run.integrity.robust:
+        return NoCompression()
+    if not isinstance(averaging.compression, NoCompression):
+        logger.info(f"sending gradients as {type(averaging.compression).__name__}: this peer's link measured "
+                    f"{averaging.bandwidth_mbps:.1f} Mbit/s")
+    return averaging.compression
