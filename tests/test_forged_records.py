@@ -85,3 +85,28 @@ def test_control_unsigned_records_are_overwritten():
     finally:
         for dht in dhts:
             shutdown_dht(dht)
+
+
+def test_a_record_naming_another_peer_under_the_writers_own_key_is_dropped():
+    """The signature binds a record to its writer's key, not to the peer the record names: an attacker can
+    store, under its own subkey, a progress record "of" the victim (say, finished) and strikes "reported by"
+    it. The swarm stores them (the control: they are there); readers drop and count them."""
+    victim, attacker = Identity.temporary(), Identity.temporary()
+    first = start_dht(NetworkConfig.loopback(), victim)
+    dhts = [first, start_dht(NetworkConfig.loopback(initial_peers=visible_addresses(first)), attacker)]
+    try:
+        for dht in dhts:
+            dht.add_validators([run_validator(RUN_ID)])
+        expiration = get_dht_time() + 60
+        for key, value in honest_values(victim).items():
+            if key != f"{RUN_ID}_progress":
+                assert dhts[0].store(key, value, expiration, subkey=owner_marker(victim))
+                assert dhts[1].store(key, forge(value), expiration, subkey=owner_marker(attacker))
+        stored = subkey_values(dhts[0].get(peers_key(RUN_ID), latest=True))
+        assert sorted(v["samples"] for v in stored.values()) == [64, 10**12]  # both stored: the signatures are valid
+        peers, integrity = read_peers(dhts[0], RUN_ID), read_integrity(dhts[0], RUN_ID)
+        assert [r.samples for r in peers.records] == [64] and peers.rejected == 1
+        assert [r.strikes for r in integrity.records] == [{}] and integrity.rejected == 1
+    finally:
+        for dht in dhts:
+            shutdown_dht(dht)

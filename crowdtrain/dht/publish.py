@@ -9,7 +9,6 @@ from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
 import hivemind
-from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 
 from crowdtrain.config import RunConfig
@@ -28,17 +27,13 @@ from crowdtrain.dht.records import (
     peers_key,
     subkey_values,
 )
+from crowdtrain.dht.owners import owner_marker, owner_peer_id
 from crowdtrain.dht.signing import SignatureError, run_id_for, sign_document, verify_document
 from crowdtrain.errors import RunConfigError
 from crowdtrain.peers.identity import Identity
 from crowdtrain.peers.invites import invite_marker
 
 logger = logging.getLogger(__name__)
-
-
-def owner_marker(identity: Identity) -> bytes:
-    """The subkey that only ``identity`` may write (hivemind's ``[owner:<key>]`` marker)."""
-    return RSASignatureValidator.PUBLIC_KEY_FORMAT.replace(b"_key_", identity.public_key)
 
 
 def pack_assets(assets: bytes) -> list[bytes]:
@@ -172,16 +167,21 @@ class PeerRecords:
 
 
 def read_peers(dht: hivemind.DHT, run_id: str) -> PeerRecords:
-    records, rejected = _read_records(dht, peers_key(run_id), PeerRecord.from_value)
+    records, rejected = _read_records(dht, peers_key(run_id), PeerRecord.from_value, lambda r: r.peer_id)
     return PeerRecords(records=sorted(records, key=lambda r: r.peer_id), rejected=rejected)
 
 
-def _read_records(dht: hivemind.DHT, key: str, parse: Callable[[Any], Any]) -> tuple[list[Any], int]:
-    """Every well-formed record under ``key`` and how many were refused (each refusal logged at debug level)."""
+def _read_records(dht: hivemind.DHT, key: str, parse: Callable[[Any], Any],
+                  author: Callable[[Any], str]) -> tuple[list[Any], int]:
+    """Every well-formed record under ``key`` whose ``author`` (the peer it names) is the peer that signed it,
+    and how many were refused (each refusal logged at debug level)."""
     records, rejected = [], 0
-    for value in subkey_values(dht.get(key, latest=True)).values():
+    for subkey, value in subkey_values(dht.get(key, latest=True)).items():
         try:
-            records.append(parse(value))
+            record = parse(value)
+            if author(record) != owner_peer_id(subkey):
+                raise RecordError(f"a record naming peer {author(record)} was written by {owner_peer_id(subkey)}")
+            records.append(record)
         except RecordError as e:
             rejected += 1
             logger.debug(f"rejected record under {key}: {e}")
@@ -201,5 +201,5 @@ class IntegrityRecords:
 
 
 def read_integrity(dht: hivemind.DHT, run_id: str) -> IntegrityRecords:
-    records, rejected = _read_records(dht, integrity_key(run_id), IntegrityRecord.from_value)
+    records, rejected = _read_records(dht, integrity_key(run_id), IntegrityRecord.from_value, lambda r: r.reporter)
     return IntegrityRecords(records=sorted(records, key=lambda r: r.reporter), rejected=rejected)
