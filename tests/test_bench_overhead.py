@@ -33,6 +33,7 @@ def test_window_starts_after_every_peer_joined_and_counts_steps_inside_it():
     assert window["samples"] == 14 * 8
     assert window["samples_per_second"] == pytest.approx(14 * 8 / 20)
     assert window["seconds_per_epoch"] == pytest.approx(10.0)
+    assert window["samples_per_epoch"] == pytest.approx(14 * 8 / 2)
 
 
 def test_window_ends_at_the_last_boundary_reached():
@@ -49,15 +50,16 @@ def test_window_needs_a_whole_epoch_after_joining():
 
 
 def test_ratios_compare_means_and_read_higher_is_better():
-    runs = [{"system": "crowdtrain", "samples_per_second": 95.0, "seconds_per_epoch": 2.2},
-            {"system": "hivemind", "samples_per_second": 100.0, "seconds_per_epoch": 2.0},
-            {"system": "hivemind", "samples_per_second": 100.0, "seconds_per_epoch": 2.0},
-            {"system": "crowdtrain", "samples_per_second": 97.0, "seconds_per_epoch": 1.8}]
+    runs = [{"system": "crowdtrain", "samples_per_second": 95.0, "seconds_per_epoch": 2.2, "samples_per_epoch": 300},
+            {"system": "hivemind", "samples_per_second": 100.0, "seconds_per_epoch": 2.0, "samples_per_epoch": 260},
+            {"system": "hivemind", "samples_per_second": 100.0, "seconds_per_epoch": 2.0, "samples_per_epoch": 260},
+            {"system": "crowdtrain", "samples_per_second": 97.0, "seconds_per_epoch": 1.8, "samples_per_epoch": 280}]
 
     result = bench.compare(runs, "crowdtrain")
 
     assert result["samples_per_second_ratio"] == 0.96 and result["target_met"] is False
-    assert result["epoch_time_ratio"] == 1.0
+    assert result["epoch_time_ratio"] == 1.0 and result["epoch_time_target_met"] is True
+    assert result["samples_per_epoch"] == {"crowdtrain": 290.0, "hivemind": 260.0}
 
 
 def test_schedule_mirrors_the_order():
