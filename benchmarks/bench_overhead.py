@@ -9,7 +9,9 @@ until the swarm has made the requested global epochs. Systems:
 - ``crowdtrain-mean``: the same with ``--aggregator mean`` on the coordinator (hivemind's averagers
   and progress tracker), to show what the robust aggregation costs;
 - ``hivemind``: ``raw_hivemind_volunteer.py``, the same recipe, data and optimizer with
-  ``hivemind.Optimizer`` used directly (the control).
+  ``hivemind.Optimizer`` used directly (the control);
+- ``crowdtrain-eta`` (diagnostic, not run by default): ``crowdtrain`` with hivemind's epoch-end rule
+  restored (``crowdtrain_eta_epochs.py``), to isolate what the bounded progress tracker costs.
 
 Runs alternate in a mirrored order (A B B A ...) so that load drift on a shared machine biases no
 system. Figures come from the volunteers' own reports (one record per local step: time, global
@@ -48,8 +50,10 @@ from crowdtrain.testing.local_swarm import LocalSwarm  # noqa: E402
 from crowdtrain.testing.processes import descendants, wait_gone  # noqa: E402
 
 TARGET = 0.97
-SYSTEMS = ("crowdtrain", "hivemind", "crowdtrain-mean")
-RAW_LAUNCHER = [sys.executable, str(Path(__file__).with_name("raw_hivemind_volunteer.py"))]
+SYSTEMS = ("crowdtrain", "hivemind", "crowdtrain-mean", "crowdtrain-eta")
+DEFAULT_SYSTEMS = ("crowdtrain", "hivemind", "crowdtrain-mean")
+LAUNCHERS = {"hivemind": [sys.executable, str(Path(__file__).with_name("raw_hivemind_volunteer.py"))],
+             "crowdtrain-eta": [sys.executable, str(Path(__file__).with_name("crowdtrain_eta_epochs.py"))]}
 
 
 def epoch_boundaries(reports: Sequence[dict[str, Any]]) -> dict[int, float]:
@@ -98,7 +102,22 @@ def compare(runs: Sequence[dict[str, Any]], system: str, control: str = "hivemin
     epoch_time = mean_of(control, "seconds_per_epoch") / mean_of(system, "seconds_per_epoch")
     return {"samples_per_second_ratio": round(throughput, 3), "epoch_time_ratio": round(epoch_time, 3),
             "target": TARGET, "target_met": throughput >= TARGET, "epoch_time_target_met": epoch_time >= TARGET,
-            "samples_per_epoch": {name: round(mean_of(name, "samples_per_epoch"), 1) for name in (system, control)}}
+            "samples_per_epoch": {name: round(mean_of(name, "samples_per_epoch"), 1) for name in (system, control)},
+            "pairwise_samples_per_second_ratios": pairwise(runs, system, control)}
+
+
+def pairwise(runs: Sequence[dict[str, Any]], system: str, control: str = "hivemind") -> list[float]:
+    """samples/s of each ``system`` run over that of the nearest ``control`` run in the order (the mean of
+    both neighbours on a tie): how much the load of the machine moved the figures between runs."""
+    controls = [i for i, r in enumerate(runs) if r["system"] == control]
+    ratios = []
+    for i, run in enumerate(runs):
+        if run["system"] != system:
+            continue
+        distance = min(abs(i - j) for j in controls)
+        nearest = [runs[j]["samples_per_second"] for j in controls if abs(i - j) == distance]
+        ratios.append(round(run["samples_per_second"] / statistics.mean(nearest), 3))
+    return ratios
 
 
 def schedule(systems: Sequence[str], repeats: int) -> list[str]:
@@ -145,7 +164,7 @@ def _wait_for_epoch(history: Path, stop_epoch: int, volunteers, started: float, 
 def run_once(system: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"crowdtrain-overhead-{system}-"))
     history = workdir / "history.jsonl"
-    launcher = RAW_LAUNCHER if system == "hivemind" else None
+    launcher = LAUNCHERS.get(system)
     volunteer_args = ["--batch-size", str(args.batch_size), "--threads", "1"]
     stop_epoch = args.skip_epochs + args.epochs + 2  # slack: the window may start an epoch or two late
     started = time.monotonic()
@@ -182,7 +201,8 @@ def verdict(comparison: dict[str, Any], system: str) -> str:
             f"(target >= {TARGET}: {met(comparison['target_met'])}); epoch-time ratio "
             f"{comparison['epoch_time_ratio']:.3f} ({met(comparison['epoch_time_target_met'])}); samples per "
             f"global epoch {comparison['samples_per_epoch'][system]:.0f} vs "
-            f"{comparison['samples_per_epoch']['hivemind']:.0f}")
+            f"{comparison['samples_per_epoch']['hivemind']:.0f}; run by run (nearest control) "
+            f"{', '.join(f'{r:.3f}' for r in comparison['pairwise_samples_per_second_ratios'])}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -193,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="global epochs measured per run")
     parser.add_argument("--skip-epochs", type=int, default=2, help="global epochs left out at start")
     parser.add_argument("--repeats", type=int, default=2, help="runs per system, in mirrored order")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}")
     parser.add_argument("--quick", action="store_true", help="6 epochs, one run per system, no crowdtrain-mean")
     parser.add_argument("--run-timeout", type=float, default=900.0, help="seconds one run may take")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")

@@ -60,6 +60,14 @@ def test_ratios_compare_means_and_read_higher_is_better():
     assert result["samples_per_second_ratio"] == 0.96 and result["target_met"] is False
     assert result["epoch_time_ratio"] == 1.0 and result["epoch_time_target_met"] is True
     assert result["samples_per_epoch"] == {"crowdtrain": 290.0, "hivemind": 260.0}
+    assert result["pairwise_samples_per_second_ratios"] == [0.95, 0.97]
+
+
+def test_pairwise_ratios_take_the_nearest_control_runs():
+    runs = [{"system": s, "samples_per_second": v} for s, v in
+            [("a", 90.0), ("hivemind", 100.0), ("hivemind", 80.0), ("a", 60.0), ("a", 90.0)]]
+
+    assert bench.pairwise(runs, "a") == [0.9, 0.75, 1.125]
 
 
 def test_schedule_mirrors_the_order():
