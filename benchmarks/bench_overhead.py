@@ -225,7 +225,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if unknown or "hivemind" not in systems or len(systems) < 2:
         parser.error(f"--systems needs hivemind and at least one of crowdtrain, crowdtrain-mean (got {args.systems})")
     order = schedule(systems, args.repeats)
-    runs = [run_once(system, args, f"run {i + 1}/{len(order)} {system}") for i, system in enumerate(order)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the swarm and reap it on the way out
+    runs = []
+    for i, system in enumerate(order):
+        runs.append(run_once(system, args, f"run {i + 1}/{len(order)} {system}"))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "workdir"}), flush=True)  # partial results
     comparisons = {s: compare(runs, s) for s in systems if s != "hivemind"}
     result = {"peers": args.peers, "micro_batch": args.batch_size, "target_batch_size": args.target_batch_size,
               "epochs_per_run": args.epochs, "order": order,
