@@ -4,10 +4,11 @@ Lower bound: every peer must send about ``2 (n - 1) / n * S`` through its upload
 plus all-gather), so a round takes at least ``2 (n - 1) / n * S / B`` on links of bandwidth B.
 
 Methods, all over the same links (crowdtrain.testing.netns), fp32, one process per peer:
-- ``crowdtrain``: hivemind's DecentralizedAverager configured by crowdtrain: each peer measures its
-  link against two other peers (crowdtrain.peers.bandwidth) and passes ``plan_averaging``'s
+- ``crowdtrain``: crowdtrain's averager (hivemind's DecentralizedAverager with one encoded average per
+  share for all members, crowdtrain.averaging.consistent), configured by crowdtrain: each peer measures
+  its link against two other peers (crowdtrain.peers.bandwidth) and passes ``plan_averaging``'s
   ``averager_opts`` (its share of the all-reduce follows its link);
-- ``crowdtrain-compressed``: the same, plus compression by link (crowdtrain.averaging.compression:
+- ``crowdtrain-compressed``: the same, plus compression by link (crowdtrain.averaging.link_compression:
   a peer on a slow uplink sends 8-bit quantized parts; lossy, so reported apart);
 - ``hivemind``: the same averager with equal shares (no bandwidth given);
 - ``gloo``: torch.distributed all-reduce (ring) with the gloo backend.
@@ -75,6 +76,7 @@ def _gloo_worker(args: argparse.Namespace) -> None:
 def _averager_worker(args: argparse.Namespace) -> None:
     import hivemind
     import torch
+    from crowdtrain.averaging.consistent import ConsistentAverager
     from crowdtrain.averaging.link_aware import plan_averaging
     from crowdtrain.config import Timeouts
     from crowdtrain.peers.bandwidth import LinkMeasurement, measure_link, serve_bandwidth_probe
@@ -102,7 +104,8 @@ def _averager_worker(args: argparse.Namespace) -> None:
     if plan is not None and args.worker == "crowdtrain-compressed":
         opts["compression"] = plan.compression
     opts.update(target_group_size=args.peers, min_group_size=args.peers)  # the benchmark times one whole group
-    averager = hivemind.averaging.DecentralizedAverager(
+    averager_type = ConsistentAverager if args.worker.startswith("crowdtrain") else hivemind.averaging.DecentralizedAverager
+    averager = averager_type(
         [tensor], dht, start=True, prefix="bench", min_matchmaking_time=2.0, request_timeout=1.0,
         allreduce_timeout=ROUND_TIMEOUT, next_chunk_timeout=60.0, **opts)
     _emit(ready=True)

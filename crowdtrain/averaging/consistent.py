@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Optional, Sequence
 
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.averaging.averager import DecentralizedAverager
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES, BannedException
 from hivemind.compression import CompressionBase, CompressionInfo, NoCompression, deserialize_torch_tensor
@@ -130,3 +131,7 @@ class ConsistentAveraging:
                     raise ValueError("aux peers should not receive averaged tensors")
         finally:
             self._after_round(runner)
+
+
+class ConsistentAverager(ConsistentAveraging, DecentralizedAverager):
+    """hivemind's DecentralizedAverager running :class:`ConsistentAverageRunner` (benchmarks, plain tensors)."""
