@@ -16,8 +16,10 @@ slightly different parameters. When the run is over:
    states), download the canonical state, then mark themselves ``finished``;
 4. the canonical peer keeps serving until every live peer is finished.
 
-Every wait is bounded by the run's ``load_state_timeout``; if the canonical peer vanishes, the others
-keep their own state and say so.
+Every wait is bounded by the run's ``load_state_timeout`` times the number of peers that may download
+the final state at once (the canonical peer's upload serves them all together: on a 5 Mbit/s home
+uplink a 9.4 MB state took ~60 s for four downloaders, past a 60 s budget); if the canonical peer
+vanishes, the others keep their own state and say so.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ class RunFinisher:
         self.run, self.optimizer, self.dht, self.me = run, optimizer, dht, me
         self.state, self.publish, self.stop = state, publish, stop
         self.deadline = time.monotonic() + run.timeouts.load_state_timeout
+        self.download_timeout = run.timeouts.load_state_timeout
 
     def finish(self) -> bool:
         """Returns True if this peer leaves with the canonical final state."""
@@ -87,6 +90,7 @@ class RunFinisher:
             averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout)
         self.publish()
         self._wait(lambda live: all(r.epoch >= self.run.max_epochs for r in live))
+        self._allow_for_downloaders(len(live_peers(self.dht, self.run.run_id)) - 1)
         refused: set[str] = set()
         while True:
             excluded = frozenset(refused | banned_peers(self.optimizer))
@@ -98,6 +102,11 @@ class RunFinisher:
                 return adopted
             refused.add(canonical.peer_id)
             logger.warning(f"refused the final state of peer {canonical.peer_id[-6:]}; choosing the next peer")
+
+    def _allow_for_downloaders(self, downloaders: int) -> None:
+        """One ``load_state_timeout`` per peer that may download the final state at the same time."""
+        self.download_timeout = self.run.timeouts.load_state_timeout * max(1, downloaders)
+        self.deadline = max(self.deadline, time.monotonic() + self.download_timeout)
 
     def _serve_as_canonical(self) -> bool:
         averager = self.optimizer.state_averager
@@ -121,7 +130,7 @@ class RunFinisher:
                           and (declared_priority(self.dht, averager, canonical.peer_id) or 0.0) >= CANONICAL_PRIORITY):
             logger.warning("the peer holding the final state did not answer; leaving with this peer's own state")
             return False
-        averager.load_state_from_peers(timeout=self.run.timeouts.load_state_timeout, exclude=sorted(excluded))
+        averager.load_state_from_peers(timeout=self.download_timeout, exclude=sorted(excluded))
         if averager.local_epoch < self.run.max_epochs or not getattr(averager, "last_download_accepted", True):
             if time.monotonic() < self.deadline:
                 return None
