@@ -401,6 +401,33 @@ DEFAULT_DEMO_PROFILES = (
 )
 
 
+@dataclass(frozen=True)
+class DemoDefaults:
+    """What ``crowdtrain demo`` runs for one recipe unless its command line says otherwise."""
+
+    duration: float = 120.0
+    profiles: tuple[VolunteerProfile, ...] = DEFAULT_DEMO_PROFILES
+    matchmaking_time: float = 2.0
+
+
+DEMO_DEFAULTS_BY_RECIPE: dict[str, DemoDefaults] = {
+    # SwAV computes its Sinkhorn codes and batch-norm statistics over each micro-batch: over 4-16
+    # images (against 64 prototypes) the codes carry no signal and the swarm did not learn, and a
+    # demo swarm makes only one global step every ~3 s, so it needs the longer run
+    # (benchmarks/README.md, SwAV, "Why the demo swarm did not learn").
+    "swav-tiny": DemoDefaults(duration=300.0, profiles=(
+        VolunteerProfile(name="fast", batch_size=64, throttle=0.0),
+        VolunteerProfile(name="medium", batch_size=64, throttle=0.5),
+        VolunteerProfile(name="slow", batch_size=32, throttle=2.0),
+    ), matchmaking_time=1.0),
+}
+
+
+def demo_defaults(recipe: str) -> DemoDefaults:
+    """The demo's duration and volunteers for ``recipe`` (the common ones unless it needs its own)."""
+    return DEMO_DEFAULTS_BY_RECIPE.get(recipe, DemoDefaults())
+
+
 @dataclass(kw_only=True)
 class DemoConfig:
     duration: float = 120.0
