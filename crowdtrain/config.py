@@ -407,19 +407,21 @@ class DemoDefaults:
 
     duration: float = 120.0
     profiles: tuple[VolunteerProfile, ...] = DEFAULT_DEMO_PROFILES
-    matchmaking_time: float = 2.0
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    "Recipe hyper-parameters of the demo's run (over the recipe's defaults)."
 
 
 DEMO_DEFAULTS_BY_RECIPE: dict[str, DemoDefaults] = {
-    # SwAV computes its Sinkhorn codes and batch-norm statistics over each micro-batch: over 4-16
-    # images (against 64 prototypes) the codes carry no signal and the swarm did not learn, and a
-    # demo swarm makes only one global step every ~3 s, so it needs the longer run
-    # (benchmarks/README.md, SwAV, "Why the demo swarm did not learn").
+    # SwAV computes its Sinkhorn codes and batch-norm statistics over each micro-batch: with 4-16
+    # images (against 64 prototypes, whose equipartition needs at least as many) the swarm did not
+    # learn, nor did one process fed the same micro-batches. A demo swarm makes one global step
+    # every 2-5 s, of ~250 images: few, large steps, hence the longer run and lr 0.6 (swav-tiny's
+    # 0.3 is tuned for 400 steps of 64). benchmarks/README.md, SwAV, "Why the demo swarm did not learn".
     "swav-tiny": DemoDefaults(duration=300.0, profiles=(
         VolunteerProfile(name="fast", batch_size=64, throttle=0.0),
         VolunteerProfile(name="medium", batch_size=64, throttle=0.5),
-        VolunteerProfile(name="slow", batch_size=32, throttle=2.0),
-    ), matchmaking_time=1.0),
+        VolunteerProfile(name="slow", batch_size=64, throttle=2.0),
+    ), hparams={"lr": 0.6}),
 }
 
 
@@ -439,6 +441,8 @@ class DemoConfig:
     target_batch_size: int = 128
     matchmaking_time: float = 2.0
     profiles: tuple[VolunteerProfile, ...] = DEFAULT_DEMO_PROFILES
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    "Recipe hyper-parameters of the run, over the recipe's defaults."
     mode: str = "standard"
     inner_steps: int = 20
     "H of the demo's diloco mode (small, so that a short demo shows several outer rounds)."

@@ -11,9 +11,9 @@ import pytest
 from crowdtrain.cli import demo
 from crowdtrain.config import DEFAULT_DEMO_PROFILES
 from crowdtrain.testing.processes import descendants, is_alive, wait_gone
+from crowdtrain.trainers.swav.recipe import SwavTiny
 
 pytestmark = pytest.mark.timeout(300)
-SWAV_DEMO_MIN_MICRO_BATCH = 32
 
 
 def test_demo_trains_a_swarm_and_writes_summary(tmp_path):
@@ -63,6 +63,7 @@ def _demo_config(*argv: str):
 def test_demo_defaults_stay_those_of_albert_tiny_unless_the_recipe_needs_its_own():
     config = _demo_config()
     assert (config.recipe, config.duration, config.profiles) == ("albert-tiny", 120.0, DEFAULT_DEMO_PROFILES)
+    assert "--hparam" not in demo._coordinator_args(config)
     assert _demo_config("--recipe", "swav-tiny", "--duration", "40").duration == 40.0
     five = _demo_config("--recipe", "swav-tiny", "--volunteers", "5").profiles
     assert [p.name for p in five] == ["fast", "medium", "slow", "fast1", "medium1"]
@@ -70,10 +71,11 @@ def test_demo_defaults_stay_those_of_albert_tiny_unless_the_recipe_needs_its_own
 
 def test_swav_tiny_demo_gives_every_volunteer_a_micro_batch_its_codes_can_use():
     """SwAV's Sinkhorn codes and batch norm work per micro-batch: the common demo micro-batches (4-16
-    images against 64 prototypes) did not learn, in the demo or simulated in one process, while 32-64
-    did (benchmarks/README.md, SwAV, why the demo swarm did not learn); and the swarm needs the longer
-    run for enough global steps."""
+    images against 64 prototypes) did not learn, in the demo or simulated in one process, while 64
+    did (benchmarks/README.md, SwAV, why the demo swarm did not learn); and its few, large global steps
+    need the longer run and a higher learning rate."""
     config = _demo_config("--recipe", "swav-tiny")
-    assert config.duration == 300.0 and len(config.profiles) == 3
-    assert min(p.batch_size for p in config.profiles) >= SWAV_DEMO_MIN_MICRO_BATCH
+    assert config.duration == 300.0 and len(config.profiles) == 3 and config.hparams == {"lr": 0.6}
+    assert demo._coordinator_args(config)[-2:] == ["--hparam", "lr=0.6"]
+    assert min(p.batch_size for p in config.profiles) >= SwavTiny.default_hparams()["prototypes"]
     assert len({p.throttle for p in config.profiles}) == 3  # still volunteers of different speeds
