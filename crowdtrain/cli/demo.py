@@ -51,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     duration = defaults.duration if args.duration is None else args.duration
     return DemoConfig(duration=duration, out_dir=args.out_dir, json_path=args.json_path,
                       plot_path=args.plot_path, recipe=args.recipe, target_batch_size=args.target_batch_size,
-                      profiles=profiles, hparams=defaults.hparams,
+                      profiles=profiles, hparams=defaults.hparams, aggregator=defaults.aggregator,
                       mode=args.mode, inner_steps=args.inner_steps)
 
 
@@ -62,7 +62,8 @@ def _coordinator_args(config: DemoConfig) -> list[str]:
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
             "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl"),
             "--mode", config.mode, "--inner-steps", str(config.inner_steps),
-            *(arg for key, value in config.hparams.items() for arg in ("--hparam", f"{key}={json.dumps(value)}"))]
+            *(arg for key, value in config.hparams.items() for arg in ("--hparam", f"{key}={json.dumps(value)}")),
+            *(["--aggregator", config.aggregator] if config.aggregator else [])]
 
 
 def _volunteer_args(profile: VolunteerProfile) -> list[str]:
