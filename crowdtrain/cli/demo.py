@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from crowdtrain.cli.common import StopSignal, setup_logging
-from crowdtrain.config import DEFAULT_DEMO_PROFILES, RUN_MODES, DemoConfig, VolunteerProfile
+from crowdtrain.config import DEFAULT_DEMO_PROFILES, RUN_MODES, DemoConfig, VolunteerProfile, demo_defaults
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.progress import ProgressLine
 from crowdtrain.swarm.status import read_history
@@ -21,9 +21,11 @@ logger = logging.getLogger("crowdtrain.demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds of training (default 120)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help=f"seconds of training (default {demo_defaults(DemoConfig.recipe).duration:g}; "
+                             f"swav-tiny {demo_defaults('swav-tiny').duration:g})")
     parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
-                        help="number of volunteers (speeds cycle fast / medium / slow)")
+                        help="number of volunteers (speeds and micro-batches cycle fast / medium / slow)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
     parser.add_argument("--recipe", default=DemoConfig.recipe,
                         help=f"what to train (default {DemoConfig.recipe}; e.g. swav-tiny)")
@@ -39,15 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     if args.volunteers < 1:
         raise UsageError("--volunteers must be at least 1")
-    profiles = tuple(
-        VolunteerProfile(name=f"{p.name}{i // len(DEFAULT_DEMO_PROFILES) or ''}", batch_size=p.batch_size,
-                         throttle=p.throttle)
-        for i, p in ((i, DEFAULT_DEMO_PROFILES[i % len(DEFAULT_DEMO_PROFILES)]) for i in range(args.volunteers)))
     if args.recipe not in RECIPES:
         raise UsageError(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
-    return DemoConfig(duration=args.duration, out_dir=args.out_dir, json_path=args.json_path,
+    defaults = demo_defaults(args.recipe)
+    cycle = defaults.profiles
+    profiles = tuple(
+        VolunteerProfile(name=f"{p.name}{i // len(cycle) or ''}", batch_size=p.batch_size, throttle=p.throttle)
+        for i, p in ((i, cycle[i % len(cycle)]) for i in range(args.volunteers)))
+    duration = defaults.duration if args.duration is None else args.duration
+    return DemoConfig(duration=duration, out_dir=args.out_dir, json_path=args.json_path,
                       plot_path=args.plot_path, recipe=args.recipe, target_batch_size=args.target_batch_size,
-                      profiles=profiles, mode=args.mode, inner_steps=args.inner_steps)
+                      profiles=profiles, hparams=defaults.hparams, aggregator=defaults.aggregator,
+                      mode=args.mode, inner_steps=args.inner_steps)
 
 
 def _coordinator_args(config: DemoConfig) -> list[str]:
@@ -56,7 +61,9 @@ def _coordinator_args(config: DemoConfig) -> list[str]:
             "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "6",
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
             "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl"),
-            "--mode", config.mode, "--inner-steps", str(config.inner_steps)]
+            "--mode", config.mode, "--inner-steps", str(config.inner_steps),
+            *(arg for key, value in config.hparams.items() for arg in ("--hparam", f"{key}={json.dumps(value)}")),
+            *(["--aggregator", config.aggregator] if config.aggregator else [])]
 
 
 def _volunteer_args(profile: VolunteerProfile) -> list[str]:

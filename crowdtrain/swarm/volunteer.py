@@ -1,6 +1,7 @@
 """A volunteer: joins the run, trains with the swarm, reports progress, leaves cleanly."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -209,7 +210,9 @@ class Volunteer:
         run = joined.config
         others = [r for r in read_peers(dht, run.run_id).records if r.peer_id != str(self.identity.peer_id)]
         if self.config.batch_size:
-            trial = measure(recipe, model, self.device, self.config.batch_size, self.shard_seed)
+            # on a copy, as the probe does: train-mode steps would move the model's batch-norm statistics
+            # (its start evaluation would no longer be the random-init control)
+            trial = measure(recipe, copy.deepcopy(model), self.device, self.config.batch_size, self.shard_seed)
             batch_size, samples_per_second, note = self.config.batch_size, trial.samples_per_second, ""
         else:
             limits = ProbeLimits(target_batch_size=run.target_batch_size,

@@ -208,7 +208,11 @@ class SwavTiny(SwavRecipe):
     Sinkhorn epsilon 0.03 (0.05 leaves the codes near-uniform and the loss at log(prototypes)), no
     small crops by default (14-pixel crops pulled the codes towards uniform; ``small_crops`` turns
     multi-crop back on), large crops of 30-100% rotated up to 20 degrees, trained on clean canvases
-    (the dataset's default ``"training": "clean"``) and evaluated on the hard held-out set."""
+    (the dataset's default ``"training": "clean"``) and evaluated on the hard held-out set.
+
+    Codes and batch norm are computed per micro-batch: in a swarm, micro-batches of 4-16 images did
+    not learn where 64 did, and few large global steps want lr 0.6 (the demo's settings,
+    ``config.DEMO_DEFAULTS_BY_RECIPE``; benchmarks/README.md, "Why the demo swarm did not learn")."""
 
     name = "swav-tiny"
     size_hparams = {
