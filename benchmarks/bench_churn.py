@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from crowdtrain.swarm.status import read_history
 from crowdtrain.testing.local_swarm import LocalSwarm
-from crowdtrain.testing.processes import descendants, wait_gone
+from crowdtrain.testing.processes import descendants, reap
 
 RAW_LAUNCHER = [sys.executable, str(Path(__file__).with_name("raw_hivemind_volunteer.py"))]
 
@@ -40,17 +39,6 @@ def _wait_first_epoch(path: Path, timeout: float = 180) -> None:
             return
         time.sleep(0.5)
     raise RuntimeError("the swarm made no global epoch")
-
-
-def _reap(tracked: set[int]) -> int:
-    """Kill (by pid) what survived its volunteer; returns how many had to be killed."""
-    leftovers = wait_gone(tracked, 5.0)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(leftovers)
 
 
 def run_scenario(system: str, churn: bool, duration: float, seed: int) -> dict:
@@ -77,12 +65,12 @@ def run_scenario(system: str, churn: bool, duration: float, seed: int) -> dict:
                 victim = volunteers.pop(rng.randrange(len(volunteers)))
                 tree = descendants(victim.popen.pid)
                 victim.popen.send_signal(signal.SIGKILL)
-                orphans += _reap(tree)
+                orphans += reap(tree)
                 volunteers.append(start(f"v{len(started_at)}"))
         for volunteer in volunteers:
             tracked |= descendants(volunteer.popen.pid)
         swarm.stop_all(volunteers, timeout=60)
-    _reap(tracked)
+    reap(tracked)
     statuses = [s for s in read_history(history) if s["time"] >= t0]
     epoch_times = {}
     for s in statuses:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import sys
@@ -47,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from crowdtrain.swarm.status import read_history  # noqa: E402
 from crowdtrain.swarm.summary import load_reports  # noqa: E402
 from crowdtrain.testing.local_swarm import LocalSwarm  # noqa: E402
-from crowdtrain.testing.processes import descendants, wait_gone  # noqa: E402
+from crowdtrain.testing.processes import descendants, reap  # noqa: E402
 
 TARGET = 0.97
 SYSTEMS = ("crowdtrain", "hivemind", "crowdtrain-mean", "crowdtrain-eta")
@@ -134,16 +133,6 @@ def _coordinator_args(system: str, args: argparse.Namespace, workdir: Path) -> l
             "--run-dir", str(workdir / "run"), "--history", str(workdir / "history.jsonl"), *extra]
 
 
-def _reap(pids: set[int]) -> int:
-    leftovers = wait_gone(pids, 5.0)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(leftovers)
-
-
 def _wait_for_epoch(history: Path, stop_epoch: int, volunteers, started: float, timeout: float, label: str,
                     workdir: Path) -> None:
     """Until the coordinator's status shows ``stop_epoch``, with a status line on stderr."""
@@ -179,7 +168,7 @@ def run_once(system: str, args: argparse.Namespace, label: str) -> dict[str, Any
             for volunteer in volunteers:
                 tracked |= descendants(volunteer.popen.pid)
             swarm.stop_all(volunteers, timeout=60)
-            orphans = _reap(tracked)
+            orphans = reap(tracked)
     reports = load_reports([v.report_path for v in volunteers])
     if len(reports) != len(volunteers):
         raise RuntimeError(f"{label}: {len(volunteers) - len(reports)} volunteers wrote no report; logs in {workdir}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import defaultdict
 
@@ -48,3 +49,14 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
         time.sleep(0.2)
         alive = {pid for pid in alive if is_alive(pid)}
     return alive
+
+
+def reap(pids: set[int], grace: float = 5.0) -> int:
+    """Kill (by pid, SIGKILL) whichever of ``pids`` outlived ``grace`` seconds; returns how many had to be."""
+    leftovers = wait_gone(pids, grace)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(leftovers)
