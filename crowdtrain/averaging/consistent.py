@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, AsyncIterator, Optional, Sequence
 
 import torch
@@ -49,16 +50,18 @@ class ConsistentAverageRunner(AllReduceRunner):
         self._own_index = self.ordered_peer_ids.index(self.peer_id)
         self._failed_reducers: set[int] = set()
         self._encoded: dict[int, runtime_pb2.Tensor] = {}  # part of this peer's share -> the bytes every member gets
+        self._encoding = threading.Lock()  # senders' streams encode in executor threads, this peer's own part in the loop
         self._register_delta, self._register_failed = container.register_processed_part, container.register_failed_reducer
         container.register_processed_part, container.register_failed_reducer = self._received, self._reducer_failed
 
     def encode_average(self, part_index: int, averaged_part: torch.Tensor) -> runtime_pb2.Tensor:
         """What this reducer sends every sender of ``part_index`` of its share: the average, in its own codec,
         encoded once (the first caller's ``averaged_part``: the same for every sender of the part)."""
-        if part_index not in self._encoded:
-            _, info = self.tensor_part_container._input_parts_by_peer[self._own_index][part_index]
-            self._encoded[part_index] = self.tensor_part_container.compression.compress(averaged_part, info)
-        return self._encoded[part_index]
+        with self._encoding:  # the first caller's encoding is everyone's (two racing encodings differed by 5e-5)
+            if part_index not in self._encoded:
+                _, info = self.tensor_part_container._input_parts_by_peer[self._own_index][part_index]
+                self._encoded[part_index] = self.tensor_part_container.compression.compress(averaged_part, info)
+            return self._encoded[part_index]
 
     def on_delta(self, peer_index: int, part_index: int, delta: torch.Tensor) -> None:
         """A part of the share ``peer_index`` reduced, as a difference to this peer's own values."""
