@@ -290,9 +290,12 @@ class KeeperConfig:
     "How many of the newest checkpoints to keep in RUN_DIR/checkpoints."
     resume: bool = False
     "Start from the newest valid checkpoint in RUN_DIR/checkpoints."
+    eval_every: int = 5
+    "Evaluate the swarm's state on held-out data every this many global epochs and publish it (0: never)."
 
     def __post_init__(self) -> None:
         _require(self.follow_interval > 0, "follow_interval", "must be positive", UsageError)
+        _require(self.eval_every >= 0, "eval_every", "must be >= 0", UsageError)
         _require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0", UsageError)
         _require(self.checkpoint_interval >= 0, "checkpoint_interval", "must be >= 0", UsageError)
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1", UsageError)

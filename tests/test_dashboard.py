@@ -201,8 +201,10 @@ def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
     times = [p["time"] for p in history["points"]]
     assert len(times) >= 3 and times == sorted(times)
     assert history["points"][0]["peers_online"] == 0 and history["points"][-1]["peers_online"] == 2
-    assert history["eval_metric"] == "masked_token_accuracy"  # alice joined with --evaluate
+    assert history["eval_metric"] == "masked_token_accuracy"  # the keeper's periodic evaluation (and alice's --evaluate)
     assert any(p["eval_value"] is not None for p in history["points"])
+    keeper = ok(training.url, "/api/run")["keepers"][0]
+    assert keeper["eval_metric"] == "masked_token_accuracy" and 0.0 <= keeper["eval_value"] <= 1.0, keeper
     newer = ok(training.url, f"/api/history?since={times[-2]}")["points"]
     assert [p["time"] for p in newer][:1] == times[-1:]
 

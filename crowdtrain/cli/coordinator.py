@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the newest K checkpoints")
     keeper.add_argument("--follow-interval", type=float, default=defaults.follow_interval, metavar="SECONDS",
                         help="at most one state download from the swarm per SECONDS")
+    keeper.add_argument("--eval-every", type=int, default=defaults.eval_every, metavar="EPOCHS",
+                        help="evaluate the swarm's state on held-out data every EPOCHS global epochs and publish it "
+                             "to the swarm (dashboards chart it; 0: never)")
     add_diloco_options(parser)
     add_timeout_options(parser)
     add_network_options(parser)
@@ -126,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             private=args.private, keeper=KeeperConfig(
                 enabled=args.keep_state, follow_interval=args.follow_interval, checkpoint_every=args.checkpoint_every,
                 checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
-                resume=args.resume))
+                resume=args.resume, eval_every=args.eval_every))
     except ValueError as e:
         raise UsageError(str(e)) from None
 

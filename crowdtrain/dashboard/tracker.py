@@ -29,7 +29,10 @@ class Reading:
 
     status: dict[str, Any]
     records: tuple[PeerRecord, ...]
+    "The volunteers' records."
     time: float
+    keepers: tuple[PeerRecord, ...] = ()
+    "The state keepers' records (auxiliary peers: they evaluate the swarm's state, they do not train)."
 
     @property
     def online(self) -> set[str]:
@@ -37,15 +40,26 @@ class Reading:
 
     @property
     def eval_metric(self) -> str:
-        return next((r.eval_metric for r in self.records if r.eval_metric), "")
+        return next((r.eval_metric for r in (*self.keepers, *self.records) if r.eval_metric), "")
 
 
-def history_point(status: dict[str, Any], records: tuple[PeerRecord, ...]) -> HistoryPoint:
-    evals = [r.eval_value for r in records if r.eval_value is not None]
+def swarm_evaluation(records: tuple[PeerRecord, ...], keepers: tuple[PeerRecord, ...] = ()) -> Optional[float]:
+    """The latest held-out score of the swarm's state: a state keeper's periodic evaluation of it where one
+    publishes it, else the mean of the volunteers' own evaluations (``join --evaluate``)."""
+    for group in (keepers, records):
+        evals = [r.eval_value for r in group if r.eval_value is not None]
+        if evals:
+            return statistics.fmean(evals)
+    return None
+
+
+def history_point(status: dict[str, Any], records: tuple[PeerRecord, ...],
+                  keepers: tuple[PeerRecord, ...] = ()) -> HistoryPoint:
+    evaluation = swarm_evaluation(records, keepers)
     return HistoryPoint(
         time=status["time"], global_epoch=status["global_epoch"], samples=status["samples"],
         samples_claimed=sum(r.samples for r in records), samples_per_second=status["samples_per_second"],
-        loss=status["loss"], eval_value=statistics.fmean(evals) if evals else None, peers_online=len(records),
+        loss=status["loss"], eval_value=evaluation, peers_online=len(records),
         rejected_records=status["rejected_records"])
 
 
@@ -66,8 +80,9 @@ class RunTracker:
         peers = read_peers(self.dht, self.run.run_id)
         status = status_document(self.run, peers, integrity=read_integrity(self.dht, self.run.run_id))
         volunteers = tuple(r for r in peers.records if r.role != "aux")  # the state keeper is listed in status only
-        reading = Reading(status=status, records=volunteers, time=status["time"])
-        self.store.record(self.run.run_id, history_point(status, reading.records), reading.records,
+        keepers = tuple(r for r in peers.records if r.role == "aux")
+        reading = Reading(status=status, records=volunteers, time=status["time"], keepers=keepers)
+        self.store.record(self.run.run_id, history_point(status, reading.records, keepers), reading.records,
                           self.config.credit_half_life)
         with self._lock:
             self._latest = reading

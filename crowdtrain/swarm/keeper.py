@@ -34,6 +34,7 @@ from crowdtrain.config import KeeperConfig, RunConfig
 from crowdtrain.dht.records import PeerRecord, subkey_values
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.checkpoints import Checkpoint, CheckpointStore
+from crowdtrain.swarm.evaluation import PeriodicEvaluation
 from crowdtrain.swarm.export import export_final
 from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
@@ -58,6 +59,7 @@ class StateKeeper:
         self.dht, self.identity = dht, identity
         self.recipe = get_recipe(run.recipe)(run.hparams, run.dataset, assets)
         self.store = CheckpointStore(self.run_dir / CHECKPOINTS_DIR, config.keep_checkpoints)
+        self.evaluation = PeriodicEvaluation(self.recipe, config.eval_every)
         self.finish_state = FinishState()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="state-keeper", daemon=True)
@@ -157,6 +159,8 @@ class StateKeeper:
             self._report_progress(others)
             if self._checkpoint_due():
                 self._save()
+            if self.evaluation.due(self.epoch):
+                self.evaluation.run(self.model, self.epoch)
 
     def _checkpoint_due(self) -> bool:
         advanced = self.epoch - self._saved_epoch
@@ -186,9 +190,11 @@ class StateKeeper:
         export_final(self.recipe, self.model, self.run_dir / FINAL_DIR, run_id=self.run.run_id, epoch=self.epoch)
 
     def _record(self) -> PeerRecord:
+        latest = self.evaluation.latest
+        evaluated = {} if latest is None else {"eval_metric": latest.result.metric, "eval_value": latest.result.value}
         return PeerRecord(peer_id=str(self.identity.peer_id), name=KEEPER_NAME, role="aux", address=self.address,
                           samples=0, samples_per_second=0.0, loss=None, epoch=self.epoch, device="cpu",
-                          finished=self.finish_state.finished, time=time.time())
+                          finished=self.finish_state.finished, time=time.time(), **evaluated)
 
 
 def start_keeper(config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: Path, dht: hivemind.DHT,

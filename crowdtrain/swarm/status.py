@@ -31,6 +31,8 @@ def _peer_entry(record: PeerRecord, now: float) -> dict[str, Any]:
         "round_seconds": record.round_seconds,
         "upload_mbps": record.upload_mbps,
         "download_mbps": record.download_mbps,
+        "eval_metric": record.eval_metric,
+        "eval_value": record.eval_value,
     }
 
 
@@ -102,7 +104,9 @@ def format_status(status: dict[str, Any]) -> str:
     if not status["peers"]:
         lines.append("(no peers online)")
     for k in status["keepers"]:
-        lines.append(f"state keeper {k['peer_id'][-12:]} holds epoch {k['epoch']} (seen {k['last_seen_s']:.0f}s ago)")
+        evaluated = "" if k.get("eval_value") is None else f"; {k['eval_metric']} {k['eval_value']:.4f}"
+        lines.append(f"state keeper {k['peer_id'][-12:]} holds epoch {k['epoch']} (seen {k['last_seen_s']:.0f}s ago)"
+                     f"{evaluated}")
     for o in status.get("offenders", []):
         lines.append(f"rejected peer {o['peer_id'][-12:]}: {o['strikes']} rounds, banned by {o['banned_by']}")
     return "\n".join(lines)
