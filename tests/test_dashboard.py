@@ -18,8 +18,8 @@ import pytest
 
 from crowdtrain.config import DashboardConfig, NetworkConfig, VolunteerConfig
 from crowdtrain.dht.node import shutdown_dht, start_dht
-from crowdtrain.dht.publish import publish_peer
-from crowdtrain.dht.records import PEER_RECORD_TTL, PeerRecord, run_validator
+from crowdtrain.dht.publish import publish_integrity, publish_peer
+from crowdtrain.dht.records import PEER_RECORD_TTL, IntegrityRecord, PeerRecord, run_validator
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.summary import load_reports
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
@@ -260,6 +260,28 @@ def test_bad_input_gets_json_errors_and_rejected_records_are_counted(training):
         shutdown_dht(dht)
     assert run["global_epoch"] <= MAX_EPOCHS and "mallory" not in {p["name"] for p in run["peers"]}
     assert "mallory" not in {p["name"] for p in ok(training.url, "/api/peers")["peers"]}
+
+
+def test_a_banned_peer_is_shown_on_the_page(training, browser):
+    """An honest peer's integrity report (whom it rejected and banned) reaches the page's rejected-peers table."""
+    run_id = ok(training.url, "/api/run")["run_id"]
+    reporter, offender = Identity.temporary(), Identity.temporary()
+    dht = start_dht(NetworkConfig.loopback(initial_peers=[training.address]), reporter)
+    try:
+        dht.add_validators([run_validator(run_id)])
+        publish_integrity(dht, reporter, run_id, IntegrityRecord(
+            reporter=str(reporter.peer_id), strikes={str(offender.peer_id): 3}, banned=[str(offender.peer_id)],
+            time=time.time()))
+        run = wait_until(lambda: (r := ok(training.url, "/api/run"))["offenders"] and r, 30, "the report to be read")
+    finally:
+        shutdown_dht(dht)
+    assert run["offenders"] == [{"peer_id": str(offender.peer_id), "strikes": 3, "banned_by": 1}]
+    page, errors = open_page(browser, training.url)
+    page.wait_for_selector("#offenders-section:not([hidden]) #offenders tbody tr.banned", timeout=20_000)
+    cells = page.eval_on_selector_all("#offenders tbody tr.banned td", "cells => cells.map(c => c.textContent)")
+    assert cells == [f"…{str(offender.peer_id)[-8:]}", "3", "1 peer"], cells
+    assert errors == []
+    page.close()
 
 
 def test_checkpoints_of_the_run_directory_are_listed_and_downloadable(training):

@@ -128,6 +128,20 @@ function renderPeers(doc) {
   });
 }
 
+function renderOffenders(run) {  // peers that honest peers rejected or banned (their integrity reports)
+  const offenders = run.offenders || [];
+  $("offenders-section").hidden = offenders.length === 0;
+  fillTable("offenders", offenders, (o) => {
+    const row = document.createElement("tr");
+    row.className = o.banned_by > 0 ? "banned" : "";
+    const id = cell(row, `…${o.peer_id.slice(-8)}`);
+    id.title = o.peer_id;
+    cell(row, String(o.strikes), "num");
+    cell(row, o.banned_by > 0 ? `${o.banned_by} peer${o.banned_by > 1 ? "s" : ""}` : "–", "num");
+    return row;
+  });
+}
+
 function renderLeaderboard(doc) {
   fillTable("leaderboard", doc.entries, (e, i) => {
     const row = document.createElement("tr");
@@ -184,6 +198,7 @@ async function refresh() {
     await loadHistory();
     renderRun(run);
     renderPeers(peers);
+    renderOffenders(run);
     renderLeaderboard(board);
     renderCheckpoints(checkpoints);
     renderCharts();
