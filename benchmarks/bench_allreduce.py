@@ -186,15 +186,22 @@ def run_method(net: NamespaceLinks, args: argparse.Namespace, method: str) -> di
     try:
         for worker in workers:
             assert worker.receive(SETUP_TIMEOUT).get("ready")
-        times = []
+        times, failed = [], []
         for round_index in range(args.warmup + args.rounds):
             for worker in workers:
                 worker.send("go")
             results = [worker.receive(ROUND_TIMEOUT) for worker in workers]
-            if not all(r["ok"] for r in results):
-                raise RuntimeError(f"{method}: a round failed or averaged wrongly: {results}")
-            if round_index >= args.warmup:
+            if not all(r["ok"] for r in results):  # counted, never timed: a failed round has no duration to compare
+                failed.append({"round": round_index, "results": results})
+                print(f"{method}: round {round_index} failed or averaged wrongly at peers "
+                      f"{[rank for rank, r in enumerate(results) if not r['ok']]}", file=sys.stderr, flush=True)
+                if len(failed) > args.max_failed:
+                    raise RuntimeError(f"{method}: {len(failed)} rounds failed or averaged wrongly (more than "
+                                       f"--max-failed {args.max_failed}): {failed}")
+            elif round_index >= args.warmup:
                 times.append(max(r["end"] for r in results) - max(r["start"] for r in results))
+        if not times:
+            raise RuntimeError(f"{method}: no timed round completed: {failed}")
     finally:
         for worker in workers:
             if worker.process.poll() is None:
@@ -205,7 +212,7 @@ def run_method(net: NamespaceLinks, args: argparse.Namespace, method: str) -> di
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait(10)
-    return {"method": method, "seconds": statistics.median(times), "all_seconds": times,
+    return {"method": method, "seconds": statistics.median(times), "all_seconds": times, "failed_rounds": len(failed),
             "measured_upload_mbps": [link["upload_mbps"] for link in links], "plans": plans}
 
 
@@ -230,6 +237,9 @@ def main() -> None:
     parser.add_argument("--mbps", type=float, default=100.0, help="link bandwidth B, Mbit/s")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (connections, first matchmaking)")
+    parser.add_argument("--max-failed", type=int, default=0,
+                        help="rounds that may fail (any peer without the right average) before the method is "
+                             "abandoned; failed rounds are counted in 'failed_rounds' and never timed")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--scenarios", nargs="+", default=["symmetric", "slow-uplink"])
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -250,7 +260,8 @@ def main() -> None:
           f"after {args.warmup} warm-up, "
           f"load average {os.getloadavg()[0]:.1f}")
     for r in rows:
-        print(f"{r['scenario']:12s} {r['method']:22s} {r['seconds']:7.2f} s  {r['ratio_to_bound']:5.2f}x bound")
+        print(f"{r['scenario']:12s} {r['method']:22s} {r['seconds']:7.2f} s  {r['ratio_to_bound']:5.2f}x bound"
+              f"  ({r['failed_rounds']} failed rounds)")
     for scenario in args.scenarios:
         for ours in ("crowdtrain", "crowdtrain-compressed"):
             for baseline in ("gloo", "hivemind"):

@@ -275,7 +275,8 @@ def test_a_banned_peer_is_shown_on_the_page(training, browser):
         run = wait_until(lambda: (r := ok(training.url, "/api/run"))["offenders"] and r, 30, "the report to be read")
     finally:
         shutdown_dht(dht)
-    assert run["offenders"] == [{"peer_id": str(offender.peer_id), "strikes": 3, "banned_by": 1}]
+    volunteers = {p["peer_id"]: p["name"] for p in run["peers"]}
+    assert run["offenders"] == [{"peer_id": str(offender.peer_id), "strikes": 3, "banned_by": 1}], (run["offenders"], volunteers)
     page, errors = open_page(browser, training.url)
     page.wait_for_selector("#offenders-section:not([hidden]) #offenders tbody tr.banned", timeout=20_000)
     cells = page.eval_on_selector_all("#offenders tbody tr.banned td", "cells => cells.map(c => c.textContent)")

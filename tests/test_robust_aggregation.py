@@ -51,6 +51,49 @@ def reduce(stack: torch.Tensor, weights: list[float], config: IntegrityConfig | 
     return asyncio.run(run()), rejected
 
 
+def _mean_gradients(samples: list[int], signal: torch.Tensor, noise: float, seed: int = 0) -> torch.Tensor:
+    """Each row: the mean of ``samples[i]`` per-sample gradients (``signal`` plus Gaussian noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([signal + noise * torch.randn(signal.shape, generator=generator) / n ** 0.5 for n in samples])
+
+
+def test_honest_peers_of_very_different_sample_counts_are_not_rejected():
+    """A slow peer's mean over 8 samples is ~11x noisier than a fast peer's over 1024 (the raw-norm bound
+    rejected it and banned honest slow peers); its norm is compared at the median weight."""
+    samples = [8, 1024]
+    stack = _mean_gradients(samples, signal=torch.full((20_000,), 1e-3), noise=1.0)
+    raw = stack.norm(dim=1)
+    assert raw[0] > 10 * raw[1]  # what the raw bound rejected
+    assert screen(list(stack), [float(n) for n in samples], IntegrityConfig()) == {}
+    mixed = [8, 64, 256, 1024]
+    assert screen(list(_mean_gradients(mixed, torch.zeros(20_000), 1.0, seed=1)), [float(n) for n in mixed],
+                  IntegrityConfig()) == {}
+
+
+def test_weight_scaled_screening_still_rejects_outsized_contributions_and_bounds_small_claims():
+    samples = [64, 64, 64, 64]
+    stack = _mean_gradients(samples, signal=torch.full((20_000,), 1e-3), noise=1.0)
+    config = IntegrityConfig()
+    scaled_up = stack.clone()
+    scaled_up[3] *= 1000
+    assert set(screen(list(scaled_up), [64.0] * 4, config)) == {3}
+    # claiming 1 sample instead of 64 buys sqrt(64) = 8x the norm (10 x 8 = 80x the others'), while its
+    # share of the mean falls 64x: its influence stays below what a peer at the median weight may have
+    claimed_small = stack.clone()
+    claimed_small[3] *= 100
+    assert set(screen(list(claimed_small), [64.0, 64.0, 64.0, 1.0], config)) == {3}
+    allowed = stack.clone()
+    allowed[3] *= 70
+    weights = torch.tensor([64.0, 64.0, 64.0, 1.0])
+    assert screen(list(allowed), weights.tolist(), config) == {}
+    mean = IntegrityConfig(aggregator="mean")
+    influence = float((aggregate(allowed, weights, mean) - aggregate(stack[:3], weights[:3], mean)).norm())
+    at_median_weight = stack.clone()
+    at_median_weight[3] *= 9.9  # the largest a 64-sample contribution may be
+    bound = float((aggregate(at_median_weight, torch.full((4,), 64.0), mean) - aggregate(stack[:3], weights[:3], mean)).norm())
+    assert influence < 0.2 * bound, (influence, bound)
+
+
 def test_honest_gradients_pass_every_check(gradients):
     for name, g in gradients.items():
         for aggregator in ("mean", *AGGREGATORS):

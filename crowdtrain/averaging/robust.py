@@ -2,9 +2,19 @@
 
 Pure tensor functions on the parts one reducer receives (``stack``: one flat row per contribution).
 Every bound is relative to the contributions of the same part (a median), never to a fixed scale and
-never to a particular attack: a contribution is *rejected* when it is non-finite or its norm exceeds
-``max_norm_ratio`` x the median norm; the accepted ones are combined by the run's aggregator, whose
-weights (claimed samples) count at most ``max_weight_ratio`` x the median weight.
+never to a particular attack: a contribution is *rejected* when it is non-finite or its norm, scaled to
+the median weight, exceeds ``max_norm_ratio`` x the median of the scaled norms; the accepted ones are
+combined by the run's aggregator, whose weights (claimed samples) count at most ``max_weight_ratio`` x
+the median weight.
+
+Why scaled: a contribution is the mean gradient of the samples a peer accumulated, and its noise falls
+as 1/sqrt(samples). Honest peers of different speeds send means of very different sample counts (in a
+2-volunteer swarm, 8 against 100+ samples), whose raw norms differ by 10x and more: the raw bound
+banned honest slow peers (seen on 2026-12-06 in the dashboard's test swarm, "norm 0.416 is over 10 x the
+median 0.0307"). Scaling each norm by sqrt(weight / median weight) compares them at equal sample
+counts. A peer cannot buy room by claiming fewer samples: its weight in the mean shrinks faster
+(as w) than its allowed norm grows (as 1/sqrt(w)), so its influence stays within the bound of a peer
+at the median weight; claiming more only tightens its own bound.
 
 - CenteredClip (Karimireddy et al. 2021, the aggregator of BTARD, Gorbunov et al. 2021): starting
   from the coordinate-wise median ``v``, iterate ``v += sum_i w_i clip_tau(x_i - v) / sum_i w_i``;
@@ -41,7 +51,7 @@ def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: Inte
 
     Zero-weight entries are neither rejected nor part of the median."""
     rejected: dict[int, str] = {}
-    norms = torch.full((len(parts),), float("nan"))
+    norms = torch.full((len(parts),), float("nan"), dtype=torch.float64)
     for index, (part, weight) in enumerate(zip(parts, weights)):
         if not (weight == weight and 0.0 <= weight < float("inf")):
             rejected[index] = f"weight {weight!r} is not a finite non-negative number"
@@ -50,11 +60,18 @@ def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: Inte
         elif not bool(torch.isfinite(part).all()):
             rejected[index] = "non-finite values"
         else:
-            norms[index] = part.norm()
-    median = _median(norms[~norms.isnan()])
+            norms[index] = float(part.norm())
+    measured = ~norms.isnan()
+    weight_of = torch.tensor([float(w) if measured[i] else float("nan") for i, w in enumerate(weights)],
+                             dtype=torch.float64)
+    median_weight = _median(weight_of[measured])
+    scaled = norms * (weight_of / median_weight).sqrt() if measured.any() else norms
+    median = _median(scaled[measured])
     for index in range(len(parts)):
-        if index not in rejected and norms[index] > config.max_norm_ratio * median:
-            rejected[index] = f"norm {float(norms[index]):.3g} is over {config.max_norm_ratio:g} x the median {float(median):.3g}"
+        if index not in rejected and scaled[index] > config.max_norm_ratio * median:
+            rejected[index] = (f"norm {float(norms[index]):.3g} ({float(scaled[index]):.3g} at the median weight of "
+                               f"{float(median_weight):g} samples) is over {config.max_norm_ratio:g} x the median "
+                               f"{float(median):.3g}")
     return rejected
 
 
