@@ -44,19 +44,33 @@ class DeltaAverager(ConsistentAveraging, DonorChoice):
 
     def average(self, deltas: Sequence[torch.Tensor], weight: float, timeout: float) -> Optional[AveragedDeltas]:
         """Average ``deltas`` with a group found within ``timeout``; None if none formed or all-reduce failed."""
+        return self.start_averaging(deltas, weight, timeout).result()
+
+    def start_averaging(self, deltas: Sequence[torch.Tensor], weight: float, timeout: float) -> "PendingAverage":
+        """Start averaging ``deltas`` in the background (matchmaking within ``timeout``) and return at once.
+        The averaged tensors must not be touched until the returned handle is done."""
         with self.get_tensors() as tensors:
             for tensor, delta in zip(tensors, deltas):
                 tensor.copy_(delta)
+        epoch = self.outer.epoch
         try:  # no retries: a failed attempt may have left partial averages in the tensors
-            gathered = self.step(weight=weight, gather=self.outer.epoch, timeout=timeout, allow_retries=False)
+            control = self.step(weight=weight, gather=epoch, timeout=timeout, allow_retries=False, wait=False)
+        except Exception as e:
+            logger.info(f"no averaging this round: {e!r}")
+            control = None
+        return PendingAverage(self, control, epoch)
+
+    def _collect(self, control: Any, epoch: int) -> Optional[AveragedDeltas]:
+        try:
+            gathered = control.result()
         except Exception as e:  # hivemind raises its matchmaking / all-reduce errors from the future
             logger.info(f"no averaging this round: {e!r}")
             return None
         if gathered is None:
             return None
         epochs = sorted(set(gathered.values()))
-        if epochs != [self.outer.epoch]:
-            logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {self.outer.epoch})")
+        if epochs != [epoch]:
+            logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {epoch})")
             return None
         with self.get_tensors() as tensors:
             return AveragedDeltas(tensors=[t.clone() for t in tensors], members=tuple(sorted(map(str, gathered))))
@@ -100,3 +114,22 @@ class DeltaAverager(ConsistentAveraging, DonorChoice):
             self.state_sharing_priority = epoch
         return True
 
+
+
+class PendingAverage:
+    """One averaging round of :class:`DeltaAverager` running in the background (hivemind's StepControl)."""
+
+    def __init__(self, averager: DeltaAverager, control: Any, epoch: int):
+        self._averager, self._control, self.epoch = averager, control, epoch
+        self._result: Optional[AveragedDeltas] = None
+        self._collected = control is None
+
+    def done(self) -> bool:
+        return self._control is None or self._control.done()
+
+    def result(self) -> Optional[AveragedDeltas]:
+        """Wait for the round (bounded by the averager's matchmaking and all-reduce timeouts); None if it failed
+        or its group was at another outer epoch."""
+        if not self._collected:
+            self._result, self._collected = self._averager._collect(self._control, self.epoch), True
+        return self._result
