@@ -64,6 +64,10 @@ class ScriptedAverage:
         self.ready = True
         return self._result
 
+    def cancel_matchmaking(self):
+        self.ready, self._result, self.cancelled = True, None, True
+        return True
+
 
 class ScriptedAverager:
     """Records what the driver sends; the test decides when and with what each round finishes."""
@@ -182,3 +186,18 @@ def test_a_peer_alone_takes_its_own_delta(caplog):
     assert driver.local_epoch == 1 and "group of 1" in caplog.text
     torch.testing.assert_close(driver.outer.start[0], torch.tensor([0.9]))
     torch.testing.assert_close(param.detach(), torch.tensor([0.8]))
+
+
+def test_a_peer_left_behind_stops_looking_for_a_group_and_asks_the_swarm():
+    driver, param = scripted_driver(inner_steps=2)
+    driver.averager.next_result = AveragedDeltas(tensors=[torch.tensor([0.2])], members=("me", "other"))
+    driver.step(), driver.step()  # the round closes; this peer looks for a group
+    driver.step()
+    assert not getattr(driver.averager.rounds[0], "cancelled", False)
+    driver.tracker.global_progress.epoch = 1  # another peer already has round 1's result
+    driver.step()
+    assert driver.averager.rounds[0].cancelled and driver.averager.downloads == 0
+    driver.step()  # the cancelled round fails: ask for its result, then (swarm ahead) resync
+    assert driver.averager.downloads == 2
+    assert driver.local_epoch == 0  # nobody sent the state (scripted): nothing applied, nothing reset
+    torch.testing.assert_close(param.detach(), torch.tensor([0.5]))

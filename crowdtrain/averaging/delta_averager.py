@@ -7,6 +7,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from hivemind.averaging.allreduce import AllreduceException
+from hivemind.averaging.control import AveragingStage
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
@@ -126,6 +127,13 @@ class PendingAverage:
 
     def done(self) -> bool:
         return self._control is None or self._control.done()
+
+    def cancel_matchmaking(self) -> bool:
+        """Give up if no group has formed yet (the swarm closed this round without this peer); a round whose
+        all-reduce began runs on, for its group's sake. True if cancelled."""
+        if self.done() or self._control.stage not in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
+            return False
+        return self._control.cancel()
 
     def result(self) -> Optional[AveragedDeltas]:
         """Wait for the round (bounded by the averager's matchmaking and all-reduce timeouts); None if it failed

@@ -101,6 +101,7 @@ class DiLoCoOptimizer:
             self._others_seen_at = time.monotonic()
         if self._pending is not None:
             if not self._pending.average.done():
+                self._give_up_if_left_behind()
                 return
             self._settle_pending()
         self.tracker.report_local_progress(self.local_epoch, self.round_steps)
@@ -190,9 +191,16 @@ class DiLoCoOptimizer:
         self.round_steps = self.round_samples = 0
         self.round_started = time.monotonic()
 
+    def _give_up_if_left_behind(self) -> None:
+        """A peer that reports the next epoch has its round's result: if this peer is still looking for a group,
+        the round closed without it (it joined late, or was slow to close); it takes the result from the swarm."""
+        if self.tracker.global_epoch > self._pending.average.epoch and self._pending.average.cancel_matchmaking():
+            logger.info(f"outer round {self.local_epoch + 1} closed without this peer; taking its result from the swarm")
+
     def _settle_pending(self) -> None:
         """Overlap: the average arrived (or wait for it): apply the outer step and keep the progress made since
         the round closed; a failed round stays open, as in the foreground."""
+        self._give_up_if_left_behind()
         pending, self._pending = self._pending, None
         averaged = pending.average.result()
         if averaged is None and time.monotonic() - self._others_seen_at < PROGRESS_TTL:
@@ -203,7 +211,7 @@ class DiLoCoOptimizer:
             return
         meanwhile = self.round_steps
         self._apply_outer_step(averaged, pending.sent, pending.steps, pending.samples, pending.closed_at,
-                               note=f"; averaged during {meanwhile} inner steps")
+                               note=f" (averaged during {meanwhile} inner steps)")
         carry_local_progress(self.params, self.outer.start, pending.snapshot)
         self._enter_epoch()
 
