@@ -127,6 +127,7 @@ def scripted_driver(inner_steps: int = 2):
     driver.averager, driver.tracker = ScriptedAverager(driver.outer), ScriptedTracker()
     driver._resync_backoff = diloco.Backoff()
     driver._round_priority, driver._split_check_at, driver._others_seen_at, driver._pending = 0.0, None, -100.0, None
+    driver.inner_step_seconds = driver.outer_seconds = 0.0
     driver._start_round()
     return driver, param
 

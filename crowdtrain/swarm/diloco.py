@@ -79,6 +79,8 @@ class DiLoCoOptimizer:
         self._split_check_at: Optional[float] = None  # when to look for a higher-ranked group (after a round)
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._pending: Optional[PendingRound] = None  # overlap: the closed round being averaged
+        self.inner_step_seconds = 0.0  # in the inner optimizer's steps (local computation)
+        self.outer_seconds = 0.0  # in this driver's own work after them: rounds in the foreground, resyncs, DHT reads
         self._start_round()
         self.tracker.fetched_global_progress_this_epoch.wait(FIRST_FETCH_TIMEOUT)
         if self.tracker.global_epoch > self.local_epoch:
@@ -94,7 +96,16 @@ class DiLoCoOptimizer:
 
     def step(self) -> None:
         """One inner step on the accumulated gradients; closes the round when the swarm's budget is spent."""
+        started = time.perf_counter()
         self.inner.step()
+        stepped = time.perf_counter()
+        try:
+            self._after_inner_step()
+        finally:
+            self.inner_step_seconds += stepped - started
+            self.outer_seconds += time.perf_counter() - stepped
+
+    def _after_inner_step(self) -> None:
         self.round_steps += 1
         self.round_samples += self.batch_size
         if self.tracker.global_progress.num_peers > 1:
