@@ -199,6 +199,8 @@ class DiLoCoOptimizer:
         self._pending = PendingRound(average=average, snapshot=snapshot(self.params), sent=sent,
                                      steps=self.round_steps, samples=self.round_samples,
                                      round_started=self.round_started)
+        logger.info(f"closed outer round {self.local_epoch + 1} after {self.round_steps} inner steps; averaging it "
+                    f"in the background")
         self.round_steps = self.round_samples = 0
         self.round_started = time.monotonic()
 
