@@ -3,6 +3,8 @@ close / train on / apply / fall back with a scripted averager (no swarm)."""
 import argparse
 import contextlib
 import logging
+import threading
+from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
@@ -87,7 +89,12 @@ class ScriptedAverager:
         self.downloads += 1
         return False
 
-    def declared_priorities(self):
+    def request_declared_priorities(self):
+        read = Future()
+        read.set_result(None)
+        return read
+
+    def others_priorities(self, entry):
         return []
 
 
@@ -96,6 +103,8 @@ class ScriptedTracker:
         self.global_progress = SimpleNamespace(num_peers=2, samples_accumulated=0, target_batch_size=0,
                                                eta_next_epoch=float("inf"), epoch=0)
         self.reports, self.target_batch_size = [], 0
+        self.lock_global_progress = threading.Lock()
+        self.performance_ema = SimpleNamespace(pause=contextlib.nullcontext)
 
     @property
     def global_epoch(self):
@@ -105,8 +114,6 @@ class ScriptedTracker:
         self.reports.append((epoch, steps))
         self.global_progress.samples_accumulated = steps * self.global_progress.num_peers
 
-    def pause_updates(self):
-        return contextlib.nullcontext()
 
     def update_epoch(self, epoch):
         self.global_progress.epoch = max(self.global_progress.epoch, epoch)
@@ -127,6 +134,7 @@ def scripted_driver(inner_steps: int = 2):
     driver.averager, driver.tracker = ScriptedAverager(driver.outer), ScriptedTracker()
     driver._resync_backoff = diloco.Backoff()
     driver._round_priority, driver._split_check_at, driver._others_seen_at, driver._pending = 0.0, None, -100.0, None
+    driver._split_check, driver._epoch_entered = None, True
     driver.inner_step_seconds = driver.outer_seconds = 0.0
     driver._start_round()
     return driver, param
@@ -201,4 +209,21 @@ def test_a_peer_left_behind_stops_looking_for_a_group_and_asks_the_swarm():
     driver.step()  # the cancelled round fails: ask for its result, then (swarm ahead) resync
     assert driver.averager.downloads == 2
     assert driver.local_epoch == 0  # nobody sent the state (scripted): nothing applied, nothing reset
+    torch.testing.assert_close(param.detach(), torch.tensor([0.5]))
+
+
+def test_a_busy_progress_tracker_does_not_hold_up_the_inner_steps():
+    driver, param = scripted_driver(inner_steps=2)
+    driver.averager.next_result = AveragedDeltas(tensors=[torch.tensor([0.2])], members=("me", "other"))
+    driver.step(), driver.step()  # θ = 0.8, the round closes
+    driver.averager.rounds[0].ready = True
+    driver.tracker.lock_global_progress.acquire()  # the tracker is reading the DHT
+    driver.step()  # θ = 0.7; the average lands: θ₀' = 0.8, θ = 0.8 + (0.7 - 0.8) = 0.7; the epoch waits
+    assert driver.local_epoch == 1 and not driver._epoch_entered
+    reports = list(driver.tracker.reports)
+    driver.step()  # θ = 0.6, still busy: nothing reported, no new round
+    assert driver.tracker.reports == reports and len(driver.averager.rounds) == 1
+    driver.tracker.lock_global_progress.release()
+    driver.step()  # θ = 0.5: the epoch is entered and the 3 steps since the round closed count for it
+    assert driver.tracker.reports[-2:] == [(1, 0), (1, 3)]
     torch.testing.assert_close(param.detach(), torch.tensor([0.5]))

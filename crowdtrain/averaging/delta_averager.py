@@ -11,7 +11,7 @@ from hivemind.averaging.control import AveragingStage
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
-from crowdtrain.averaging.canonical import declared_priorities
+from crowdtrain.averaging.canonical import declared_priorities, priorities_in
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.outer import OuterOptimizer
@@ -94,6 +94,14 @@ class DeltaAverager(ConsistentAveraging, DonorChoice):
         """The state-sharing priorities the other peers currently declare (hivemind's download key)."""
         own = self.peer_id.to_bytes()
         return [p for peer, p in declared_priorities(self.dht, self.prefix).items() if peer != own]
+
+    def request_declared_priorities(self) -> Any:
+        """Start reading them without waiting: a future whose result goes to :meth:`others_priorities`."""
+        return self.dht.get(f"{self.prefix}.all_averagers", latest=True, return_future=True)
+
+    def others_priorities(self, entry: Any) -> list[float]:
+        own = self.peer_id.to_bytes()
+        return [p for peer, p in priorities_in(entry).items() if peer != own]
 
     def download_outer_state(self, timeout: float, exclude: Iterable[str] = ()) -> bool:
         """Adopt the outer state of the most advanced live peer (not one of ``exclude``); False if none sent a

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from typing import Iterable, Optional
 
 import hivemind
@@ -77,8 +78,10 @@ class DiLoCoOptimizer:
         self._resync_backoff = Backoff()
         self._round_priority = 0.0
         self._split_check_at: Optional[float] = None  # when to look for a higher-ranked group (after a round)
+        self._split_check: Optional[Future] = None  # that look: the DHT read in flight
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._pending: Optional[PendingRound] = None  # overlap: the closed round being averaged
+        self._epoch_entered = True  # overlap: whether the tracker was told of the outer epoch (it may be busy)
         self.inner_step_seconds = 0.0  # in the inner optimizer's steps (local computation)
         self.outer_seconds = 0.0  # in this driver's own work after them: rounds in the foreground, resyncs, DHT reads
         self._start_round()
@@ -115,8 +118,14 @@ class DiLoCoOptimizer:
                 self._give_up_if_left_behind()
                 return
             self._settle_pending()
+        if not self._epoch_entered:
+            self._epoch_entered = self._enter_epoch(wait=False)
+            if not self._epoch_entered:
+                return  # the swarm still sees this peer's closed round; the steps made since count once it is in
         self.tracker.report_local_progress(self.local_epoch, self.round_steps)
-        if self._split_check_at is not None and time.monotonic() >= self._split_check_at:
+        if self._split_check is None and self._split_check_at is not None and time.monotonic() >= self._split_check_at:
+            self._split_check = self.averager.request_declared_priorities()  # a DHT read: not on this thread
+        if self._split_check is not None and self._split_check.done():
             self._join_winning_group()
         if self.tracker.global_epoch > self.local_epoch:
             if self._resync_backoff.ready():
@@ -226,7 +235,7 @@ class DiLoCoOptimizer:
         self._apply_outer_step(averaged, pending.sent, pending.steps, pending.samples, pending.closed_at,
                                note=f" (averaged during {meanwhile} inner steps)")
         carry_local_progress(self.params, self.outer.start, pending.snapshot)
-        self._enter_epoch()
+        self._epoch_entered = self._enter_epoch(wait=False)
 
     def _drop_pending(self) -> None:
         """Before adopting the swarm's outer state: wait for the averager to finish the round, discard it."""
@@ -243,7 +252,7 @@ class DiLoCoOptimizer:
         self._round_priority = round_priority(self.local_epoch, members)
         if not self.averager.client_mode:
             self.averager.state_sharing_priority = self._round_priority
-        self._split_check_at = time.monotonic() + SPLIT_CHECK_DELAY
+        self._split_check_at, self._split_check = time.monotonic() + SPLIT_CHECK_DELAY, None
         self._step_scheduler_to(self.local_epoch)
         total, squares = self.outer.fingerprint()
         logger.info(f"outer round {self.local_epoch}: {steps} inner steps, {samples} samples, group of {len(members)}, "
@@ -252,8 +261,13 @@ class DiLoCoOptimizer:
     def _join_winning_group(self) -> None:
         """If another group closed this outer round with a higher-ranked θ₀, adopt it (see
         :mod:`crowdtrain.averaging.canonical`); otherwise this peer's group is the swarm's."""
-        self._split_check_at = None
-        winner = winning_priority(self.local_epoch, self.averager.declared_priorities(), self._round_priority)
+        check, self._split_check, self._split_check_at = self._split_check, None, None
+        try:
+            declared = self.averager.others_priorities(check.result())
+        except Exception as e:  # the DHT read failed: no evidence of a split
+            logger.info(f"could not read the swarm's declared rounds after outer round {self.local_epoch}: {e!r}")
+            return
+        winner = winning_priority(self.local_epoch, declared, self._round_priority)
         if winner is not None:
             logger.info(f"outer round {self.local_epoch} split the swarm and this peer's group was not the largest: "
                         f"adopting the winning group's outer state")
@@ -272,12 +286,20 @@ class DiLoCoOptimizer:
         self.outer.copy_to(self.params)
         self.round_steps = self.round_samples = 0
         self.round_started = time.monotonic()
-        self._enter_epoch()
+        self._epoch_entered = self._enter_epoch()
 
-    def _enter_epoch(self) -> None:
-        """Tell the swarm this peer now trains for the round after ``local_epoch``."""
-        with self.tracker.pause_updates():
-            self.tracker.update_epoch(self.local_epoch)
+    def _enter_epoch(self, wait: bool = True) -> bool:
+        """Tell the swarm this peer now trains for the round after ``local_epoch``. Without ``wait``, only if the
+        tracker is not in the middle of one of its DHT reads (which hold its lock); False: not done, try again."""
+        tracker = self.tracker  # what ProgressTracker.pause_updates does, with a non-blocking lock
+        if not tracker.lock_global_progress.acquire(blocking=wait):
+            return False
+        try:
+            with tracker.performance_ema.pause():
+                tracker.update_epoch(self.local_epoch)
+        finally:
+            tracker.lock_global_progress.release()
+        return True
 
     def _step_scheduler_to(self, epoch: int) -> None:
         """The recipe's schedule counts outer rounds here (global epochs in the standard mode)."""
