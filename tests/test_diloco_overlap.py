@@ -58,6 +58,10 @@ def test_overlap_is_a_signed_run_option_on_by_default_with_a_cli_switch():
 class ScriptedAverage:
     def __init__(self, epoch: int, result):
         self.epoch, self._result, self.ready = epoch, result, False
+        self.cancelled, self.wound_down = False, True
+
+    def finished(self):
+        return self.wound_down
 
     def done(self) -> bool:
         return self.ready
@@ -67,7 +71,7 @@ class ScriptedAverage:
         return self._result
 
     def cancel_matchmaking(self):
-        self.ready, self._result, self.cancelled = True, None, True
+        self.ready, self._result, self.cancelled, self.wound_down = True, None, True, False
         return True
 
 
@@ -134,7 +138,7 @@ def scripted_driver(inner_steps: int = 2):
     driver.averager, driver.tracker = ScriptedAverager(driver.outer), ScriptedTracker()
     driver._resync_backoff = diloco.Backoff()
     driver._round_priority, driver._split_check_at, driver._others_seen_at, driver._pending = 0.0, None, -100.0, None
-    driver._split_check, driver._epoch_entered = None, True
+    driver._split_check, driver._epoch_entered, driver._winding_down = None, True, None
     driver.inner_step_seconds = driver.outer_seconds = 0.0
     driver._start_round()
     return driver, param
@@ -202,7 +206,7 @@ def test_a_peer_left_behind_stops_looking_for_a_group_and_asks_the_swarm():
     driver.averager.next_result = AveragedDeltas(tensors=[torch.tensor([0.2])], members=("me", "other"))
     driver.step(), driver.step()  # the round closes; this peer looks for a group
     driver.step()
-    assert not getattr(driver.averager.rounds[0], "cancelled", False)
+    assert not driver.averager.rounds[0].cancelled
     driver.tracker.global_progress.epoch = 1  # another peer already has round 1's result
     driver.step()
     assert driver.averager.rounds[0].cancelled and driver.averager.downloads == 0
@@ -227,3 +231,16 @@ def test_a_busy_progress_tracker_does_not_hold_up_the_inner_steps():
     driver.step()  # θ = 0.5: the epoch is entered and the 3 steps since the round closed count for it
     assert driver.tracker.reports[-2:] == [(1, 0), (1, 3)]
     torch.testing.assert_close(param.detach(), torch.tensor([0.5]))
+
+
+def test_no_new_round_while_hivemind_may_still_run_a_cancelled_one():
+    driver, param = scripted_driver(inner_steps=2)
+    driver.step(), driver.step()  # the round closes
+    driver.tracker.global_progress.epoch = 1  # the swarm has its result: this peer cancels
+    driver.step()
+    driver.tracker.global_progress.epoch = 0  # (scripted: as if this peer then had the swarm's state)
+    driver.step(), driver.step()  # the failed round stays open and is due, but the cancelled step winds down
+    assert driver.averager.rounds[0].cancelled and len(driver.averager.rounds) == 1
+    driver.averager.rounds[0].wound_down = True
+    driver.step()
+    assert len(driver.averager.rounds) == 2

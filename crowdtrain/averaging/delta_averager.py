@@ -132,6 +132,7 @@ class PendingAverage:
         self._averager, self._control, self.epoch = averager, control, epoch
         self._result: Optional[AveragedDeltas] = None
         self._collected = control is None
+        self.cancelled = False
 
     def done(self) -> bool:
         return self._control is None or self._control.done()
@@ -141,7 +142,13 @@ class PendingAverage:
         all-reduce began runs on, for its group's sake. True if cancelled."""
         if self.done() or self._control.stage not in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
             return False
-        return self._control.cancel()
+        self.cancelled = self._control.cancel()
+        return self.cancelled
+
+    def finished(self) -> bool:
+        """Whether the averager's process is done with this round: a cancelled one may still be winding down
+        there (seen: one went on to join a group), on the same tensors that the next round writes."""
+        return self._control is None or self._control.stage == AveragingStage.FINISHED
 
     def result(self) -> Optional[AveragedDeltas]:
         """Wait for the round (bounded by the averager's matchmaking and all-reduce timeouts); None if it failed

@@ -33,7 +33,7 @@ from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
 from crowdtrain.averaging.canonical import round_priority, winning_priority
-from crowdtrain.averaging.delta_averager import AveragedDeltas, DeltaAverager
+from crowdtrain.averaging.delta_averager import AveragedDeltas, DeltaAverager, PendingAverage
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
@@ -82,6 +82,7 @@ class DiLoCoOptimizer:
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._pending: Optional[PendingRound] = None  # overlap: the closed round being averaged
         self._epoch_entered = True  # overlap: whether the tracker was told of the outer epoch (it may be busy)
+        self._winding_down: Optional[PendingAverage] = None  # overlap: a cancelled round hivemind may still run
         self.inner_step_seconds = 0.0  # in the inner optimizer's steps (local computation)
         self.outer_seconds = 0.0  # in this driver's own work after them: rounds in the foreground, resyncs, DHT reads
         self._start_round()
@@ -132,6 +133,8 @@ class DiLoCoOptimizer:
                 self.resync()
         elif self.config.overlap and self._split_check_at is not None:
             return  # a round closed now would be averaged from a θ₀ that the split check may still replace
+        elif self._winding_down is not None and not self._winding_down.finished():
+            return  # the averager's process may still be running a cancelled round on the tensors to be sent
         elif self._round_due():
             self._close_round() if self.config.overlap else self._outer_round()
 
@@ -225,6 +228,8 @@ class DiLoCoOptimizer:
         self._give_up_if_left_behind()
         pending, self._pending = self._pending, None
         averaged = pending.average.result()
+        if pending.average.cancelled:
+            self._winding_down = pending.average
         if averaged is None and time.monotonic() - self._others_seen_at < PROGRESS_TTL:
             self.round_steps += pending.steps
             self.round_samples += pending.samples
