@@ -143,6 +143,8 @@ class DiLoCoOptimizer:
         made since that round closed are this peer's own, not the swarm's)."""
         if self._pending is not None:
             self._settle_pending()
+        if not self._epoch_entered:
+            self._epoch_entered = self._enter_epoch()
         self.outer.copy_to(self.params)
 
     def resync(self, exclude: Iterable[str] = ()) -> bool:
