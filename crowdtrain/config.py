@@ -116,6 +116,8 @@ class DiLoCoConfig:
     "Carry this peer's compression error into its next round's delta."
     round_time: float = 0.0
     "Seconds after which a round closes even below the step budget; 0: no time budget."
+    overlap: bool = True
+    "Average a round's deltas in the background during the next round's inner steps (outer step one round late)."
 
     def __post_init__(self) -> None:
         _require(isinstance(self.inner_steps, int) and self.inner_steps > 0, "diloco.inner_steps",
@@ -125,6 +127,7 @@ class DiLoCoConfig:
         _require(self.compression in DILOCO_COMPRESSIONS, "diloco.compression",
                  f"must be one of {', '.join(DILOCO_COMPRESSIONS)}, got {self.compression!r}")
         _require(self.round_time >= 0, "diloco.round_time", "must be >= 0")
+        _require(isinstance(self.overlap, bool), "diloco.overlap", "must be true or false")
 
 
 @dataclass(kw_only=True)

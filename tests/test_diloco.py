@@ -8,28 +8,13 @@ import pytest
 import torch
 
 from crowdtrain.swarm.summary import load_reports, summarize
+from crowdtrain.testing.diloco_logs import ROUND_RE, final_fingerprints, outer_rounds
 
 pytestmark = pytest.mark.timeout(300)
-MAX_EPOCHS = 6
+MAX_EPOCHS = 8  # the newcomer starts after round 1 and takes 30-50 s to join on a loaded 2-core machine
 SPEEDS = {"fast": ("16", "0"), "medium": ("8", "0.5"), "slow": ("4", "2")}  # micro-batch, throttle
 DILOCO = ["--mode", "diloco", "--inner-steps", "10", "--outer-lr", "0.7", "--matchmaking-time", "2",
           "--request-timeout", "0.5", "--averaging-timeout", "20", "--load-state-timeout", "20", "--log-interval", "2"]
-ROUND_RE = re.compile(r"outer round (\d+): (\d+) inner steps, (\d+) samples, group of (\d+), [\d.]+ s; "
-                      r"fingerprint (\S+) (\S+)")
-SYNC_RE = re.compile(r"synchronised with the swarm at outer epoch (\d+); fingerprint (\S+) (\S+)")
-
-
-def outer_rounds(log: str) -> dict[int, tuple[int, float, float]]:
-    """{outer epoch reached: (group size, Σθ₀, Σθ₀²)} from a volunteer's log."""
-    return {int(m[1]): (int(m[4]), float(m[5]), float(m[6])) for m in ROUND_RE.finditer(log)}
-
-
-def final_fingerprints(log: str) -> dict[int, tuple[float, float]]:
-    """{outer epoch: (Σθ₀, Σθ₀²) this peer trained the next round from}: its own round's result, or the
-    outer state it adopted at that epoch afterwards (a newcomer, or a peer whose group lost a split round)."""
-    events = sorted([(m.start(), int(m[1]), float(m[5]), float(m[6])) for m in ROUND_RE.finditer(log)]
-                    + [(m.start(), int(m[1]), float(m[2]), float(m[3])) for m in SYNC_RE.finditer(log)])
-    return {epoch: (total, squares) for _, epoch, total, squares in events}
 
 
 def wait_for_round(peer, epoch: int, timeout: float) -> None:

@@ -10,7 +10,7 @@ outer state from the winner (hivemind's download asks the highest priority first
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import hivemind
 
@@ -25,7 +25,11 @@ TIE_BREAK_STEP = SIZE_STEP / TIE_BREAK_BUCKETS  # ≈ 1e-9: well above float res
 def declared_priorities(dht: hivemind.DHT, prefix: str) -> dict[bytes, float]:
     """The state-sharing priorities that the averagers under ``prefix`` currently declare, by peer id bytes
     (what hivemind's state download reads; peers not sharing declare none)."""
-    entry = dht.get(f"{prefix}.all_averagers", latest=True)
+    return priorities_in(dht.get(f"{prefix}.all_averagers", latest=True))
+
+
+def priorities_in(entry: Any) -> dict[bytes, float]:
+    """The priorities in a DHT entry of ``{prefix}.all_averagers`` (as :func:`declared_priorities` reads it)."""
     return {subkey: float(value) for subkey, value in subkey_values(entry).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 

@@ -7,10 +7,11 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from hivemind.averaging.allreduce import AllreduceException
+from hivemind.averaging.control import AveragingStage
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
-from crowdtrain.averaging.canonical import declared_priorities
+from crowdtrain.averaging.canonical import declared_priorities, priorities_in
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.outer import OuterOptimizer
@@ -44,19 +45,33 @@ class DeltaAverager(ConsistentAveraging, DonorChoice):
 
     def average(self, deltas: Sequence[torch.Tensor], weight: float, timeout: float) -> Optional[AveragedDeltas]:
         """Average ``deltas`` with a group found within ``timeout``; None if none formed or all-reduce failed."""
+        return self.start_averaging(deltas, weight, timeout).result()
+
+    def start_averaging(self, deltas: Sequence[torch.Tensor], weight: float, timeout: float) -> "PendingAverage":
+        """Start averaging ``deltas`` in the background (matchmaking within ``timeout``) and return at once.
+        The averaged tensors must not be touched until the returned handle is done."""
         with self.get_tensors() as tensors:
             for tensor, delta in zip(tensors, deltas):
                 tensor.copy_(delta)
+        epoch = self.outer.epoch
         try:  # no retries: a failed attempt may have left partial averages in the tensors
-            gathered = self.step(weight=weight, gather=self.outer.epoch, timeout=timeout, allow_retries=False)
+            control = self.step(weight=weight, gather=epoch, timeout=timeout, allow_retries=False, wait=False)
+        except Exception as e:
+            logger.info(f"no averaging this round: {e!r}")
+            control = None
+        return PendingAverage(self, control, epoch)
+
+    def _collect(self, control: Any, epoch: int) -> Optional[AveragedDeltas]:
+        try:
+            gathered = control.result()
         except Exception as e:  # hivemind raises its matchmaking / all-reduce errors from the future
             logger.info(f"no averaging this round: {e!r}")
             return None
         if gathered is None:
             return None
         epochs = sorted(set(gathered.values()))
-        if epochs != [self.outer.epoch]:
-            logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {self.outer.epoch})")
+        if epochs != [epoch]:
+            logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {epoch})")
             return None
         with self.get_tensors() as tensors:
             return AveragedDeltas(tensors=[t.clone() for t in tensors], members=tuple(sorted(map(str, gathered))))
@@ -80,6 +95,14 @@ class DeltaAverager(ConsistentAveraging, DonorChoice):
         own = self.peer_id.to_bytes()
         return [p for peer, p in declared_priorities(self.dht, self.prefix).items() if peer != own]
 
+    def request_declared_priorities(self) -> Any:
+        """Start reading them without waiting: a future whose result goes to :meth:`others_priorities`."""
+        return self.dht.get(f"{self.prefix}.all_averagers", latest=True, return_future=True)
+
+    def others_priorities(self, entry: Any) -> list[float]:
+        own = self.peer_id.to_bytes()
+        return [p for peer, p in priorities_in(entry).items() if peer != own]
+
     def download_outer_state(self, timeout: float, exclude: Iterable[str] = ()) -> bool:
         """Adopt the outer state of the most advanced live peer (not one of ``exclude``); False if none sent a
         usable one."""
@@ -100,3 +123,36 @@ class DeltaAverager(ConsistentAveraging, DonorChoice):
             self.state_sharing_priority = epoch
         return True
 
+
+
+class PendingAverage:
+    """One averaging round of :class:`DeltaAverager` running in the background (hivemind's StepControl)."""
+
+    def __init__(self, averager: DeltaAverager, control: Any, epoch: int):
+        self._averager, self._control, self.epoch = averager, control, epoch
+        self._result: Optional[AveragedDeltas] = None
+        self._collected = control is None
+        self.cancelled = False
+
+    def done(self) -> bool:
+        return self._control is None or self._control.done()
+
+    def cancel_matchmaking(self) -> bool:
+        """Give up if no group has formed yet (the swarm closed this round without this peer); a round whose
+        all-reduce began runs on, for its group's sake. True if cancelled."""
+        if self.done() or self._control.stage not in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
+            return False
+        self.cancelled = self._control.cancel()
+        return self.cancelled
+
+    def finished(self) -> bool:
+        """Whether the averager's process is done with this round: a cancelled one may still be winding down
+        there (seen: one went on to join a group), on the same tensors that the next round writes."""
+        return self._control is None or self._control.stage == AveragingStage.FINISHED
+
+    def result(self) -> Optional[AveragedDeltas]:
+        """Wait for the round (bounded by the averager's matchmaking and all-reduce timeouts); None if it failed
+        or its group was at another outer epoch."""
+        if not self._collected:
+            self._result, self._collected = self._averager._collect(self._control, self.epoch), True
+        return self._result

@@ -82,12 +82,15 @@ def add_diloco_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--error-feedback", action="store_true", help="diloco: carry compression error over")
     group.add_argument("--round-time", type=float, default=defaults.round_time,
                        help="diloco: close a round after this many seconds even below its step budget (0: off)")
+    group.add_argument("--no-diloco-overlap", dest="diloco_overlap", action="store_false",
+                       help="diloco: average each round in the foreground (every peer waits for it) instead of "
+                            "during the next round's inner steps")
 
 
 def diloco_from_args(args: argparse.Namespace) -> DiLoCoConfig:
     return DiLoCoConfig(inner_steps=args.inner_steps, outer_lr=args.outer_lr, outer_momentum=args.outer_momentum,
                         nesterov=args.nesterov, compression=args.compression, error_feedback=args.error_feedback,
-                        round_time=args.round_time)
+                        round_time=args.round_time, overlap=args.diloco_overlap)
 
 
 def parse_hparams(items: list[str]) -> dict:
@@ -139,7 +142,8 @@ def _print_ready(ready: CoordinatorReady, loopback: bool) -> None:
     verb = "resumed" if ready.resumed else "started"
     extra = " --loopback" if loopback else ""
     run = ready.run
-    mode = f"diloco, H={run.diloco.inner_steps}" if run.mode == "diloco" else f"target batch {run.target_batch_size}"
+    mode = (f"diloco, H={run.diloco.inner_steps}{'' if run.diloco.overlap else ', outer rounds in the foreground'}"
+            if run.mode == "diloco" else f"target batch {run.target_batch_size}")
     print(f"{verb} run {run.run_id} (recipe {run.recipe}, {mode})")
     print(f"coordinator address: {address}")
     print(f"volunteers join with:\n  crowdtrain join {address}{extra}")

@@ -5,6 +5,8 @@
 - ``volunteer.py``: one volunteer (DHT + recipe + swarm optimizer + training loop), its report.
 - ``optimizer.py``: the hivemind.Optimizer with the run's knobs and a state download that backs off.
 - ``heartbeat.py``: keeps this peer's record (and the run's records) fresh from a background thread.
+- ``diloco.py``: the low-communication driver: inner steps, outer rounds on averaged deltas.
+- ``pending_round.py``: an outer round averaged while the next round's inner steps run (overlap).
 - ``finish.py``: end of the run: every volunteer leaves with the same final model.
 - ``training.py``: the local training step and local statistics.
 - ``status.py``: the run's status document (``crowdtrain status --json``).

@@ -9,6 +9,11 @@ it processed this round, in a hivemind group, applies the outer Nesterov step an
 round from the new θ₀. A peer that finds the swarm a round ahead (it just joined, or it missed a
 round) downloads the outer state (θ₀, momentum, epoch) from a live peer instead.
 
+With ``overlap`` (the default) the averaging runs in the background while the peer goes on with the next
+round's inner steps, and the outer step lands one round late (:mod:`crowdtrain.swarm.pending_round`); a
+peer then never stops computing for an outer round. Until the average arrives the peer keeps reporting
+the closed round (epoch and steps) to the swarm, takes no new round and does not resync.
+
 :class:`DiLoCoOptimizer` offers the part of ``hivemind.Optimizer`` that the volunteer's training loop
 and :class:`~crowdtrain.swarm.finish.RunFinisher` use (``step``, ``zero_grad``, ``local_epoch``,
 ``tracker.global_epoch``, ``state_averager``, ``shutdown``), so the volunteer picks a mode in one place.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from typing import Iterable, Optional
 
 import hivemind
@@ -27,11 +33,12 @@ from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
 from crowdtrain.averaging.canonical import round_priority, winning_priority
-from crowdtrain.averaging.delta_averager import DeltaAverager
+from crowdtrain.averaging.delta_averager import AveragedDeltas, DeltaAverager, PendingAverage
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.backoff import Backoff
+from crowdtrain.swarm.pending_round import PendingRound, carry_local_progress, snapshot
 from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
@@ -71,7 +78,13 @@ class DiLoCoOptimizer:
         self._resync_backoff = Backoff()
         self._round_priority = 0.0
         self._split_check_at: Optional[float] = None  # when to look for a higher-ranked group (after a round)
+        self._split_check: Optional[Future] = None  # that look: the DHT read in flight
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
+        self._pending: Optional[PendingRound] = None  # overlap: the closed round being averaged
+        self._epoch_entered = True  # overlap: whether the tracker was told of the outer epoch (it may be busy)
+        self._winding_down: Optional[PendingAverage] = None  # overlap: a cancelled round hivemind may still run
+        self.inner_step_seconds = 0.0  # in the inner optimizer's steps (local computation)
+        self.outer_seconds = 0.0  # in this driver's own work after them: rounds in the foreground, resyncs, DHT reads
         self._start_round()
         self.tracker.fetched_global_progress_this_epoch.wait(FIRST_FETCH_TIMEOUT)
         if self.tracker.global_epoch > self.local_epoch:
@@ -87,21 +100,57 @@ class DiLoCoOptimizer:
 
     def step(self) -> None:
         """One inner step on the accumulated gradients; closes the round when the swarm's budget is spent."""
+        started = time.perf_counter()
         self.inner.step()
+        stepped = time.perf_counter()
+        try:
+            self._after_inner_step()
+        finally:
+            self.inner_step_seconds += stepped - started
+            self.outer_seconds += time.perf_counter() - stepped
+
+    def _after_inner_step(self) -> None:
         self.round_steps += 1
         self.round_samples += self.batch_size
+        if self.tracker.global_progress.num_peers > 1:
+            self._others_seen_at = time.monotonic()
+        if self._pending is not None:
+            if not self._pending.average.done():
+                self._give_up_if_left_behind()
+                return
+            self._settle_pending()
+        if not self._epoch_entered:
+            self._epoch_entered = self._enter_epoch(wait=False)
+            if not self._epoch_entered:
+                return  # the swarm still sees this peer's closed round; the steps made since count once it is in
         self.tracker.report_local_progress(self.local_epoch, self.round_steps)
-        if self._split_check_at is not None and time.monotonic() >= self._split_check_at:
+        if self._split_check is None and self._split_check_at is not None and time.monotonic() >= self._split_check_at:
+            self._split_check = self.averager.request_declared_priorities()  # a DHT read: not on this thread
+        if self._split_check is not None and self._split_check.done():
             self._join_winning_group()
         if self.tracker.global_epoch > self.local_epoch:
             if self._resync_backoff.ready():
                 self.resync()
+        elif self.config.overlap and self._split_check_at is not None:
+            return  # a round closed now would be averaged from a θ₀ that the split check may still replace
+        elif self._winding_down is not None and not self._winding_down.finished():
+            return  # the averager's process may still be running a cancelled round on the tensors to be sent
         elif self._round_due():
-            self._outer_round()
+            self._close_round() if self.config.overlap else self._outer_round()
+
+    def settle(self) -> None:
+        """End of run: wait for the round being averaged and apply it, then reset the model to θ₀ (the steps
+        made since that round closed are this peer's own, not the swarm's)."""
+        if self._pending is not None:
+            self._settle_pending()
+        if not self._epoch_entered:
+            self._epoch_entered = self._enter_epoch()
+        self.outer.copy_to(self.params)
 
     def resync(self, exclude: Iterable[str] = ()) -> bool:
         """Adopt the swarm's current outer state (drops this peer's unfinished round); False if none came.
         ``exclude``: peers not to download from."""
+        self._drop_pending()
         if not self.averager.download_outer_state(self.run.timeouts.load_state_timeout, exclude):
             if self._resync_backoff.failed() == 1:
                 logger.warning(f"no peer sent the outer state of epoch {self.tracker.global_epoch}; training on "
@@ -140,33 +189,92 @@ class DiLoCoOptimizer:
             return True
         return progress.target_batch_size == budget and get_dht_time() >= progress.eta_next_epoch
 
-    def _outer_round(self) -> None:
-        started = time.monotonic()
+    def _round_delta(self) -> list[torch.Tensor]:
         deltas = self.outer.pseudo_gradient(self.params)
-        sent = self.error_feedback.compensate(deltas) if self.error_feedback is not None else deltas
+        return self.error_feedback.compensate(deltas) if self.error_feedback is not None else deltas
+
+    def _outer_round(self) -> None:
+        """The round in the foreground: every inner step waits for the average."""
+        started = time.monotonic()
+        sent = self._round_delta()
         averaged = self.averager.average(sent, weight=float(self.round_samples),
                                          timeout=self.run.timeouts.averaging_timeout)
         if averaged is None and time.monotonic() - self._others_seen_at < PROGRESS_TTL:
             self._after_failed_round()
             return
+        self._apply_outer_step(averaged, sent, self.round_steps, self.round_samples, started)
+        self._start_round()
+
+    def _close_round(self) -> None:
+        """Overlap: start averaging this round's delta in the background and go on training from here."""
+        sent = self._round_delta()
+        average = self.averager.start_averaging(sent, weight=float(self.round_samples),
+                                                timeout=self.run.timeouts.averaging_timeout)
+        self._pending = PendingRound(average=average, snapshot=snapshot(self.params), sent=sent,
+                                     steps=self.round_steps, samples=self.round_samples,
+                                     round_started=self.round_started)
+        logger.info(f"closed outer round {self.local_epoch + 1} after {self.round_steps} inner steps; averaging it "
+                    f"in the background")
+        self.round_steps = self.round_samples = 0
+        self.round_started = time.monotonic()
+
+    def _give_up_if_left_behind(self) -> None:
+        """A peer that reports the next epoch has its round's result: if this peer is still looking for a group,
+        the round closed without it (it joined late, or was slow to close); it takes the result from the swarm."""
+        if self.tracker.global_epoch > self._pending.average.epoch and self._pending.average.cancel_matchmaking():
+            logger.info(f"outer round {self.local_epoch + 1} closed without this peer; taking its result from the swarm")
+
+    def _settle_pending(self) -> None:
+        """Overlap: the average arrived (or wait for it): apply the outer step and keep the progress made since
+        the round closed; a failed round stays open, as in the foreground."""
+        self._give_up_if_left_behind()
+        pending, self._pending = self._pending, None
+        averaged = pending.average.result()
+        if pending.average.cancelled:
+            self._winding_down = pending.average
+        if averaged is None and time.monotonic() - self._others_seen_at < PROGRESS_TTL:
+            self.round_steps += pending.steps
+            self.round_samples += pending.samples
+            self.round_started = pending.round_started
+            self._after_failed_round()
+            return
+        meanwhile = self.round_steps
+        self._apply_outer_step(averaged, pending.sent, pending.steps, pending.samples, pending.closed_at,
+                               note=f" (averaged during {meanwhile} inner steps)")
+        carry_local_progress(self.params, self.outer.start, pending.snapshot)
+        self._epoch_entered = self._enter_epoch(wait=False)
+
+    def _drop_pending(self) -> None:
+        """Before adopting the swarm's outer state: wait for the averager to finish the round, discard it."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.average.result()
+            logger.info(f"discarding this peer's round {pending.average.epoch + 1}: adopting the swarm's outer state")
+
+    def _apply_outer_step(self, averaged: Optional[AveragedDeltas], sent: list[torch.Tensor], steps: int,
+                          samples: int, started: float, note: str = "") -> None:
+        """The outer step with the group's average, or alone with this peer's own delta (no other peer seen)."""
         self.outer.step(averaged.tensors if averaged is not None else sent)
         members = averaged.members if averaged is not None else (str(self.averager.peer_id),)
         self._round_priority = round_priority(self.local_epoch, members)
         if not self.averager.client_mode:
             self.averager.state_sharing_priority = self._round_priority
-        self._split_check_at = time.monotonic() + SPLIT_CHECK_DELAY
+        self._split_check_at, self._split_check = time.monotonic() + SPLIT_CHECK_DELAY, None
         self._step_scheduler_to(self.local_epoch)
-        group = len(members)
         total, squares = self.outer.fingerprint()
-        logger.info(f"outer round {self.local_epoch}: {self.round_steps} inner steps, {self.round_samples} samples, "
-                    f"group of {group}, {time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}")
-        self._start_round()
+        logger.info(f"outer round {self.local_epoch}: {steps} inner steps, {samples} samples, group of {len(members)}, "
+                    f"{time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}{note}")
 
     def _join_winning_group(self) -> None:
         """If another group closed this outer round with a higher-ranked θ₀, adopt it (see
         :mod:`crowdtrain.averaging.canonical`); otherwise this peer's group is the swarm's."""
-        self._split_check_at = None
-        winner = winning_priority(self.local_epoch, self.averager.declared_priorities(), self._round_priority)
+        check, self._split_check, self._split_check_at = self._split_check, None, None
+        try:
+            declared = self.averager.others_priorities(check.result())
+        except Exception as e:  # the DHT read failed: no evidence of a split
+            logger.info(f"could not read the swarm's declared rounds after outer round {self.local_epoch}: {e!r}")
+            return
+        winner = winning_priority(self.local_epoch, declared, self._round_priority)
         if winner is not None:
             logger.info(f"outer round {self.local_epoch} split the swarm and this peer's group was not the largest: "
                         f"adopting the winning group's outer state")
@@ -185,8 +293,20 @@ class DiLoCoOptimizer:
         self.outer.copy_to(self.params)
         self.round_steps = self.round_samples = 0
         self.round_started = time.monotonic()
-        with self.tracker.pause_updates():
-            self.tracker.update_epoch(self.local_epoch)
+        self._epoch_entered = self._enter_epoch()
+
+    def _enter_epoch(self, wait: bool = True) -> bool:
+        """Tell the swarm this peer now trains for the round after ``local_epoch``. Without ``wait``, only if the
+        tracker is not in the middle of one of its DHT reads (which hold its lock); False: not done, try again."""
+        tracker = self.tracker  # what ProgressTracker.pause_updates does, with a non-blocking lock
+        if not tracker.lock_global_progress.acquire(blocking=wait):
+            return False
+        try:
+            with tracker.performance_ema.pause():
+                tracker.update_epoch(self.local_epoch)
+        finally:
+            tracker.lock_global_progress.release()
+        return True
 
     def _step_scheduler_to(self, epoch: int) -> None:
         """The recipe's schedule counts outer rounds here (global epochs in the standard mode)."""
@@ -211,7 +331,8 @@ class OuterStateView:
         return self._driver.averager.client_mode
 
     def step(self, wait_for_delayed_updates: bool = True) -> None:
-        """Nothing is pending: outer rounds run in the foreground."""
+        """Settle the round being averaged (overlap) and reset the model to θ₀: the run is over."""
+        self._driver.settle()
 
     last_download_accepted: bool = False
 

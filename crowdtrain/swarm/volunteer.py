@@ -56,6 +56,10 @@ class VolunteerReport:
     "Time spent in forward and backward passes."
     training_seconds: float = 0.0
     "Wall time from the first local step to the last; compute_seconds / training_seconds is the utilisation."
+    inner_step_seconds: Optional[float] = None
+    "DiLoCo: time in the inner optimizer's steps (local computation, not in compute_seconds)."
+    outer_seconds: Optional[float] = None
+    "DiLoCo: time in the driver after the inner steps (outer rounds in the foreground, state downloads)."
     final_epoch: int = 0
     epochs_seen: list[int] = field(default_factory=list)
     loss_history: list[tuple[float, int, float]] = field(default_factory=list)
@@ -284,7 +288,7 @@ class Volunteer:
                 self.report.stop_reason = "stopped by signal"
         finally:
             heartbeat.stop()
-        self._finish_report(loop, optimizer.local_epoch)
+        self._finish_report(loop, optimizer)
 
     def _record(self, loop: TrainingLoop, optimizer: SwarmOptimizer, finish_state: FinishState) -> PeerRecord:
         stats, report = loop.stats, self.report
@@ -299,10 +303,12 @@ class Volunteer:
                           eval_value=report.eval_end if report.eval_end is not None else report.eval_start,
                           upload_mbps=self.link.upload_mbps, download_mbps=self.link.download_mbps)
 
-    def _finish_report(self, loop: TrainingLoop, epoch: int) -> None:
+    def _finish_report(self, loop: TrainingLoop, optimizer: SwarmOptimizer) -> None:
         stats = loop.stats
-        self.report.samples, self.report.steps, self.report.final_epoch = stats.samples, stats.steps, epoch
+        self.report.samples, self.report.steps, self.report.final_epoch = stats.samples, stats.steps, optimizer.local_epoch
         self.report.compute_seconds, self.report.training_seconds = stats.compute_seconds, stats.training_seconds
+        self.report.inner_step_seconds = getattr(optimizer, "inner_step_seconds", None)
+        self.report.outer_seconds = getattr(optimizer, "outer_seconds", None)
         self.report.epochs_seen = sorted(stats.epochs_seen)
         self.report.loss_history = stats.loss_history
 
