@@ -155,6 +155,10 @@ class RunConfig:
     mode: str = "standard"
     "standard: one averaged optimizer step per global batch; diloco: see :class:`DiLoCoConfig` (epochs are rounds)."
     diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+    overlap: bool = True
+    """standard mode: average gradients and step the optimizer in the background while peers compute the next
+    batch (hivemind's delayed optimizer step and gradient averaging; each step applies one epoch late); false:
+    every global step waits for its round (see :mod:`crowdtrain.swarm.optimizer`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.timeouts, Mapping):
@@ -182,6 +186,7 @@ class RunConfig:
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 0, "max_epochs",
                  "must be a non-negative integer")
         _require(isinstance(self.private, bool), "private", "must be true or false")
+        _require(isinstance(self.overlap, bool), "overlap", "must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,6 +315,8 @@ class CoordinatorConfig:
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     mode: str = "standard"
     diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+    overlap: bool = True
+    "Standard mode: overlap averaging with compute (:attr:`RunConfig.overlap`)."
     hparams: dict[str, Any] = field(default_factory=dict)
     "Overrides of the recipe's default hyper-parameters."
     dataset: Optional[dict[str, Any]] = None

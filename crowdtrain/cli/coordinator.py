@@ -69,6 +69,9 @@ def add_diloco_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run mode")
     group.add_argument("--mode", choices=RUN_MODES, default="standard",
                        help="standard: averaged step per global batch; diloco: local steps, outer step per round")
+    group.add_argument("--no-overlap", dest="overlap", action="store_false",
+                       help="standard: wait for each averaging round instead of computing the next batch meanwhile "
+                            "(each optimizer step then applies at once instead of one epoch late)")
     group.add_argument("--inner-steps", type=int, default=defaults.inner_steps,
                        help="diloco: inner steps per peer per round (H, a target, not a barrier)")
     group.add_argument("--outer-lr", type=float, default=defaults.outer_lr)
@@ -121,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), integrity=IntegrityConfig(aggregator=args.aggregator),
             hparams=parse_hparams(args.hparam), dataset=parse_dataset(args.dataset), run_dir=args.run_dir,
-            log_interval=args.log_interval, mode=args.mode, diloco=diloco_from_args(args),
+            log_interval=args.log_interval, mode=args.mode, diloco=diloco_from_args(args), overlap=args.overlap,
             dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None,
             private=args.private, keeper=KeeperConfig(
                 enabled=args.keep_state, follow_interval=args.follow_interval, checkpoint_every=args.checkpoint_every,

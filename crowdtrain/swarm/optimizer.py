@@ -84,12 +84,24 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._download_backoff = Backoff()
         self.averaging_stats = AveragingStats()
         self._round: Optional[tuple[bool, float]] = None
+        self._epoch: tuple[int, bool] = (0, True)  # (samples, alone) of the global step being taken
+        self._delayed_round = False
+        self._epochs_in_flight: dict[int, tuple[int, bool]] = {}  # by id of a delayed round's StepControl
 
     def _update_global_epoch(self, grad_scaler) -> None:
-        samples, alone = self.grad_averager.local_samples_accumulated, self.tracker.global_progress.num_peers <= 1
-        self._round = None
+        self._epoch = (self.grad_averager.local_samples_accumulated, self.tracker.global_progress.num_peers <= 1)
+        self._delayed_round = False
         super()._update_global_epoch(grad_scaler)
-        self.averaging_stats.record(samples, alone, self._round)
+        if not self._delayed_round:  # a delayed round records itself when it ends (in the state averager's thread)
+            self.averaging_stats.record(*self._epoch, self._round)
+        self._round = None
+
+    def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        began = super()._begin_averaging_gradients(grad_scaler)
+        if began and self.delay_grad_averaging:
+            self._delayed_round = True
+            self._epochs_in_flight[id(self.scheduled_grads)] = self._epoch
+        return began
 
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
         started = time.perf_counter()
@@ -97,7 +109,12 @@ class SwarmOptimizer(hivemind.Optimizer):
         control = maybe_step_control
         averaged = (control is not None and control.done() and not control.cancelled()
                     and control.exception() is None)
-        self._round = (averaged, time.perf_counter() - started)
+        round_ = (averaged, time.perf_counter() - started)
+        epoch = self._epochs_in_flight.pop(id(control), None)
+        if epoch is None:
+            self._round = round_
+        else:
+            self.averaging_stats.record(*epoch, round_)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         """hivemind's, refusing incomplete state downloads; invite-only (private run) or robust (screened
@@ -188,8 +205,8 @@ def build_swarm_optimizer(
         averaging_timeout=timeouts.averaging_timeout,
         load_state_timeout=timeouts.load_state_timeout,
         next_chunk_timeout=timeouts.next_chunk_timeout,
-        delay_optimizer_step=False,
-        delay_grad_averaging=False,
+        delay_optimizer_step=run.overlap,
+        delay_grad_averaging=run.overlap,
         grad_compression=grad_compression,
         client_mode=client_mode,
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
