@@ -1,7 +1,9 @@
 """The hivemind.Optimizer that turns local steps into global, averaged steps, with our fixes."""
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from crowdtrain.trainers.base import Recipe
 
 
 logger = logging.getLogger(__name__)
+DELAYED_STEP_TIMEOUTS = 3
+"A delayed step (gradient round, optimizer step, parameter round) gets this many averaging timeouts to end."
 DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
 
 
@@ -55,6 +59,17 @@ class AveragingStats:
             self.samples_averaged += samples
         else:
             self.failures += 1
+
+
+@dataclass
+class _GlobalStep:
+    """One global step of this peer, from the end of its epoch to its optimizer step."""
+
+    epoch: int
+    samples: int
+    alone: bool
+    delayed: bool = False
+    local_gradients: Optional[list[torch.Tensor]] = None
 
 
 class SwarmOptimizer(hivemind.Optimizer):
@@ -84,37 +99,89 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._download_backoff = Backoff()
         self.averaging_stats = AveragingStats()
         self._round: Optional[tuple[bool, float]] = None
-        self._epoch: tuple[int, bool] = (0, True)  # (samples, alone) of the global step being taken
-        self._delayed_round = False
-        self._epochs_in_flight: dict[int, tuple[int, bool]] = {}  # by id of a delayed round's StepControl
+        self._step: Optional[_GlobalStep] = None  # the global step being taken (main thread)
+        self._in_flight: dict[int, _GlobalStep] = {}  # delayed steps, by id of their gradient round's StepControl
+        self._fallback: Optional[list[torch.Tensor]] = None  # local gradients of the delayed step being applied
 
     def _update_global_epoch(self, grad_scaler) -> None:
-        self._epoch = (self.grad_averager.local_samples_accumulated, self.tracker.global_progress.num_peers <= 1)
-        self._delayed_round = False
+        if self.delay_optimizer_step:
+            self._wait_for_delayed_step()
+        self._step = _GlobalStep(self.local_epoch, self.grad_averager.local_samples_accumulated,
+                                 self.tracker.global_progress.num_peers <= 1)
         super()._update_global_epoch(grad_scaler)
-        if not self._delayed_round:  # a delayed round records itself when it ends (in the state averager's thread)
-            self.averaging_stats.record(*self._epoch, self._round)
-        self._round = None
+        if not self._step.delayed:  # a delayed round records itself when it ends (in the state averager's thread)
+            self.averaging_stats.record(self._step.samples, self._step.alone, self._round)
+        self._round = self._step = None
+
+    def _wait_for_delayed_step(self) -> None:
+        """The previous step's round, optimizer step and parameter round end before this step's round begins:
+        its gradients go into the buffers that the previous optimizer step reads. hivemind waits at most
+        ``averaging_timeout`` and then goes on regardless; each stage is bounded by its own timeout."""
+        pending = list(self.state_averager.pending_updates)
+        _, not_done = concurrent.futures.wait(pending, timeout=DELAYED_STEP_TIMEOUTS * self.averaging_timeout)
+        if not_done:
+            logger.warning(f"the previous optimizer step is still running after "
+                           f"{DELAYED_STEP_TIMEOUTS * self.averaging_timeout:.0f} s; going on without it")
+
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        self.grad_averager.round_tag = self.local_epoch
+        super()._maybe_schedule_gradient_averaging()
 
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        self.grad_averager.round_tag = self.local_epoch
+        # the fallback of a failed round: hivemind reloads the accumulators, which it has reset by then (a zero step)
+        # or, with overlap, refilled with the next epoch's micro-batches
+        self._step.local_gradients = self._local_gradients()
         began = super()._begin_averaging_gradients(grad_scaler)
         if began and self.delay_grad_averaging:
-            self._delayed_round = True
-            self._epochs_in_flight[id(self.scheduled_grads)] = self._epoch
+            self._step.delayed = True
+            self._in_flight[id(self.scheduled_grads)] = self._step
         return began
+
+    @torch.no_grad()
+    def _local_gradients(self) -> list[torch.Tensor]:
+        """What hivemind's load_accumulators_into_averager_ writes: the mean of the accumulated micro-batches."""
+        averager = self.grad_averager
+        scale = 1.0 / averager.local_times_accumulated if averager.local_times_accumulated else 0.0
+        return [acc.detach().clone().mul_(scale) for acc in averager._grad_accumulators()]
 
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
         started = time.perf_counter()
-        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
         control = maybe_step_control
+        step = self._in_flight.pop(id(control), None) or self._step
+        self._fallback = step.local_gradients if step is not None else None
+        try:
+            super()._average_gradients_and_load_into_optimizer(control)
+        finally:
+            self._fallback = None
         averaged = (control is not None and control.done() and not control.cancelled()
                     and control.exception() is None)
         round_ = (averaged, time.perf_counter() - started)
-        epoch = self._epochs_in_flight.pop(id(control), None)
-        if epoch is None:
-            self._round = round_
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_round(control, averaged, round_[1], step.epoch if step is not None else self.local_epoch)
+        if step is not None and step.delayed:
+            self.averaging_stats.record(step.samples, step.alone, round_)
         else:
-            self.averaging_stats.record(*epoch, round_)
+            self._round = round_
+
+    @torch.no_grad()
+    def _load_local_gradients_into_optimizer(self) -> None:
+        if self._fallback is None:
+            return super()._load_local_gradients_into_optimizer()
+        logger.log(self.status_loglevel, "Proceeding with local gradients")
+        with self.grad_averager.get_tensors() as buffers:
+            for buffer, local in zip(buffers, self._fallback):
+                buffer.copy_(local)
+        self._load_averaged_gradients_into_optimizer_()
+
+    def _log_round(self, control, averaged: bool, seconds: float, epoch: int) -> None:
+        """Debug: digests of what this step starts from and of the gradients it applies (equal within a group)."""
+        peers = sorted(str(p)[-6:] for p in control.result()) if averaged else []
+        with torch.no_grad(), self.grad_averager.get_tensors() as grads:
+            grads_digest = _digest(grads)
+        params = [p for group in self.state_averager.optimizer.param_groups for p in group["params"]]
+        logger.debug(f"step of epoch {epoch}: averaged={averaged} in {seconds:.2f} s with {peers}; "
+                     f"parameters {_digest(params)}, gradients {grads_digest}")
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         """hivemind's, refusing incomplete state downloads; invite-only (private run) or robust (screened
@@ -150,6 +217,13 @@ class SwarmOptimizer(hivemind.Optimizer):
         elif self._download_backoff.failed() == 1:
             logger.warning(f"no peer sent the current state (epoch {self.tracker.global_epoch}); training on from "
                            f"this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:10]
 
 
 def build_swarm_optimizer(
@@ -214,7 +288,7 @@ def build_swarm_optimizer(
         tracker_opts={"private_key": identity.private_key},
         grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
         integrity=run.integrity,
-        verbose=False,
+        verbose=logger.isEnabledFor(logging.DEBUG),
     )
 
 

@@ -1,0 +1,68 @@
+"""Groups of one round: a leader admits only followers that average the same round as itself.
+
+hivemind's matchmaking groups whoever looks for a group under the same DHT key at the same time; it
+knows nothing of epochs. With averaging in the background (hivemind's delayed optimizer step and
+gradient averaging, ``RunConfig.overlap``) a peer pre-schedules the round that will close its *next*
+epoch while the others are still matchmaking for the current one, so groups mixed a round that had
+started (its members sending their parts) with one that would start only an epoch later: every
+reducer waited ``next_chunk_timeout`` for the missing member, and hivemind closed the round with what
+it had ("Reducer: received 50.0% of input tensors") and reported success: each member applied a
+different partial average and peers drifted apart (measured 2026-12-06, 3 volunteers on loopback:
+22 of 22 overlapped rounds partial, parameters of the same epoch differing between peers).
+
+Here every step carries its round in the data hivemind gathers from each member (``gather``): the
+state averager already sends its epoch there; :class:`RoundGradientAveraging` sends the epoch whose
+gradients it averages (:attr:`round_tag`, set by the optimizer). A leader refuses a join request whose
+round differs from its own, with hivemind's ``BAD_GROUP_KEY`` (the follower tries the next leader);
+hivemind's other checks follow unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator, Optional
+
+from hivemind.averaging.averager import DecentralizedAverager
+from hivemind.p2p import P2PContext
+from hivemind.proto import averaging_pb2
+
+logger = logging.getLogger(__name__)
+
+
+def round_of(serializer: Any, data_for_gather: bytes) -> Any:
+    """The user data of a step's ``data_for_gather`` (hivemind packs ``[bandwidth, mode, user data]``);
+    a sentinel that matches nothing when it cannot be read."""
+    try:
+        _, _, user_data = serializer.loads(data_for_gather)
+        return serializer.loads(user_data)
+    except Exception:  # a malformed request: hivemind's own checks reject it or it averages alone
+        return _UNREADABLE
+
+
+_UNREADABLE = object()
+
+
+class SameRoundGroups(DecentralizedAverager):
+    """Mixin for a hivemind averager: as a leader, admits followers of its own round only."""
+
+    async def rpc_join_group(self, request: averaging_pb2.JoinRequest,
+                             context: P2PContext) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        step = self._matchmaking.step_control
+        if step is not None:
+            own, theirs = round_of(self.serializer, step.data_for_gather), round_of(self.serializer, request.gather)
+            if own is _UNREADABLE or theirs is _UNREADABLE or own != theirs:
+                logger.debug(f"refused peer {str(context.remote_id)[-6:]}: round {theirs!r}, ours {own!r}")
+                yield averaging_pb2.MessageFromLeader(code=averaging_pb2.BAD_GROUP_KEY)
+                return
+        async for response in super().rpc_join_group(request, context):
+            yield response
+
+
+class RoundGradientAveraging(SameRoundGroups):
+    """Mixin for hivemind's GradientAverager: each step gathers :attr:`round_tag` (the epoch it averages)."""
+
+    round_tag: Optional[int] = None
+    "Set in the training process before a round is scheduled; None: every such round is one round."
+
+    def schedule_step(self, scheduled_time: Optional[float] = None, **kwargs):
+        kwargs.setdefault("gather", self.round_tag)
+        return super().schedule_step(scheduled_time, **kwargs)
