@@ -33,7 +33,7 @@ from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
 from crowdtrain.averaging.donors import DonorChoice
-from crowdtrain.averaging.rounds import RoundGradientAveraging, SameRoundGroups
+from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
 from crowdtrain.dht.publish import read_peers
 from crowdtrain.peers.invites import invite_marker, peer_id_of
 
@@ -121,7 +121,7 @@ class InviteOnlyGradientAverager(_InviteOnly, RoundGradientAveraging, GradientAv
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, SameRoundGroups, TrainingStateAverager, CompleteStateDownload, DonorChoice):
+class InviteOnlyStateAverager(_InviteOnly, RoundGroups, TrainingStateAverager, CompleteStateDownload, DonorChoice):
     pass
 
 

@@ -25,7 +25,7 @@ from crowdtrain.averaging.bans import BanList, BanSnapshot
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
-from crowdtrain.averaging.rounds import RoundGradientAveraging, SameRoundGroups
+from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
 from crowdtrain.config import IntegrityConfig
 
 logger = logging.getLogger(__name__)
@@ -162,12 +162,12 @@ class FiniteStateDownload(DecentralizedAverager):
         return loaded
 
 
-class CompleteTrainingStateAverager(SameRoundGroups, wire_compatible(TrainingStateAverager), CompleteStateDownload,
+class CompleteTrainingStateAverager(RoundGroups, wire_compatible(TrainingStateAverager), CompleteStateDownload,
                                     DonorChoice):
     """hivemind's TrainingStateAverager that loads complete downloaded states only, in groups of one epoch."""
 
 
-class RobustTrainingStateAverager(RobustAveraging, SameRoundGroups, wire_compatible(TrainingStateAverager),
+class RobustTrainingStateAverager(RobustAveraging, RoundGroups, wire_compatible(TrainingStateAverager),
                                   CompleteStateDownload, FiniteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 

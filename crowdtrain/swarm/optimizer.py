@@ -11,6 +11,7 @@ from typing import Optional
 
 import hivemind
 import torch
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.compression import CompressionBase, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
@@ -35,6 +36,7 @@ from crowdtrain.trainers.base import Recipe
 logger = logging.getLogger(__name__)
 DELAYED_STEP_TIMEOUTS = 3
 "A delayed step (gradient round, optimizer step, parameter round) gets this many averaging timeouts to end."
+ROUND_POLL_S = 0.2
 DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
 
 
@@ -150,6 +152,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         control = maybe_step_control
         step = self._in_flight.pop(id(control), None) or self._step
         self._fallback = step.local_gradients if step is not None else None
+        if step is not None and step.delayed:
+            self._give_up_if_swarm_moved_on(control, step.epoch)
         try:
             super()._average_gradients_and_load_into_optimizer(control)
         finally:
@@ -163,6 +167,23 @@ class SwarmOptimizer(hivemind.Optimizer):
             self.averaging_stats.record(step.samples, step.alone, round_)
         else:
             self._round = round_
+
+    def _give_up_if_swarm_moved_on(self, control: StepControl, epoch: int) -> None:
+        """Stop looking for the group of round ``epoch`` once the swarm has begun the round after it.
+
+        Groups are of one round (:mod:`crowdtrain.averaging.rounds`): a peer that ends its epoch after the
+        others have averaged it (it joined or downloaded the state mid-round) finds no group, and would search
+        for the whole ``averaging_timeout`` while its next step waits. With overlap a peer's epoch (hence the
+        swarm's) advances when its round begins, so a global epoch of ``epoch + 2`` means that round ``epoch + 1``
+        has begun somewhere and round ``epoch`` is over."""
+        deadline = time.monotonic() + self.averaging_timeout
+        while not control.done() and time.monotonic() < deadline:
+            if control.stage == AveragingStage.LOOKING_FOR_GROUP and self.tracker.global_epoch >= epoch + 2:
+                logger.info(f"the swarm averaged epoch {epoch} without this peer (it is at epoch "
+                            f"{self.tracker.global_epoch}); stepping on this peer's own gradients")
+                control.cancel()
+                return
+            time.sleep(ROUND_POLL_S)
 
     @torch.no_grad()
     def _load_local_gradients_into_optimizer(self) -> None:
