@@ -67,7 +67,8 @@ class RoundGroups(DecentralizedAverager):
         if step is not None:
             own, theirs = round_of(self.serializer, step.data_for_gather), round_of(self.serializer, request.gather)
             if own is _UNREADABLE or theirs is _UNREADABLE or own != theirs:
-                logger.debug(f"refused peer {str(context.remote_id)[-6:]}: round {theirs!r}, ours {own!r}")
+                logger.debug(f"{self.prefix.split('_', 1)[-1]}: refused peer {str(context.remote_id)[-6:]}: "
+                             f"round {theirs!r}, ours {own!r}")
                 yield averaging_pb2.MessageFromLeader(code=averaging_pb2.BAD_GROUP_KEY)
                 return
         async for response in super().rpc_join_group(request, context):

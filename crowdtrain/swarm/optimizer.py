@@ -185,6 +185,16 @@ class SwarmOptimizer(hivemind.Optimizer):
                 return
             time.sleep(ROUND_POLL_S)
 
+    def _tag_along_with_zero_weight(self, control: StepControl) -> None:
+        """A round this peer leaves (it downloads the state, or steps alone): hivemind joins it with weight 0 so as
+        not to break a group already formed. One still looking for its group is cancelled instead: with groups of
+        one round it would look for its epoch's group long after this peer left that epoch, and hold up the
+        matchmaking of this peer's next rounds (hivemind runs one at a time)."""
+        if not control.triggered and control.stage == AveragingStage.LOOKING_FOR_GROUP:
+            control.cancel()
+            return
+        super()._tag_along_with_zero_weight(control)
+
     @torch.no_grad()
     def _load_local_gradients_into_optimizer(self) -> None:
         if self._fallback is None:
@@ -241,10 +251,13 @@ class SwarmOptimizer(hivemind.Optimizer):
 
 
 def _digest(tensors) -> str:
-    h = hashlib.sha1()
+    """sha1 of the bytes (equal: bit-identical) and the sum of squares (equal to float rounding)."""
+    h, squares = hashlib.sha1(), 0.0
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:10]
+        t = t.detach().cpu().contiguous()
+        h.update(t.numpy().tobytes())
+        squares += float(t.double().square().sum())
+    return f"{h.hexdigest()[:10]}/{squares:.9e}"
 
 
 def build_swarm_optimizer(
