@@ -9,12 +9,18 @@ volunteers' ``round_seconds`` in the coordinator's status history. On a shared m
 CPU-bound and slowed by the other peers, which inflates compute time and so the utilisation:
 compare figures from one run, and read the samples/s next to it.
 
+``--overlap both`` (the default) runs the scenario twice in one invocation, averaging in the background
+(``overlap``, the run's default) and then in the foreground (coordinator ``--no-overlap``: the same-run
+control). Each run also reports the rounds each volunteer averaged and failed (its last record in the
+status history) and whether the volunteers' exported final models are equal.
+
     sudo python benchmarks/bench_utilization.py --target-batch-size 256 --max-epochs 4 --json out.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -23,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 from crowdtrain.swarm.status import read_history  # noqa: E402
 from crowdtrain.swarm.summary import load_reports  # noqa: E402
@@ -33,8 +41,9 @@ from crowdtrain.testing.wan_swarm import WanSwarm  # noqa: E402
 TARGET = 0.8
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict:
+def run(args: argparse.Namespace, workdir: Path, overlap: bool) -> dict:
     home = Link(upload_mbps=args.upload_mbps, download_mbps=args.download_mbps, rtt_ms=args.rtt_ms)
+    workdir.mkdir(parents=True, exist_ok=True)
     history = workdir / "history.jsonl"
     started = time.monotonic()
     with NamespaceLinks([Link(rtt_ms=args.rtt_ms)] + [home] * args.peers) as net:
@@ -43,16 +52,26 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             _, address = wan.start_coordinator([
                 "--target-batch-size", str(args.target_batch_size), "--max-epochs", str(args.max_epochs),
                 "--matchmaking-time", "3", "--request-timeout", "1", "--averaging-timeout", "120",
-                "--log-interval", "1", "--run-dir", str(workdir / "run"), "--history", str(history)])
-            volunteers = [wan.start_volunteer(i, address, ["--batch-size", str(args.batch_size), "--threads", "1"])
+                "--log-interval", "1", "--run-dir", str(workdir / "run"), "--history", str(history),
+                *([] if overlap else ["--no-overlap"])])
+            volunteers = [wan.start_volunteer(i, address, ["--batch-size", str(args.batch_size), "--threads", "1",
+                                                           "--export", str(workdir / f"p{i}.pt")])
                           for i in range(1, args.peers + 1)]
             codes = [v.popen.wait(timeout=args.timeout) for v in volunteers]
         finally:
             wan.close()
     if any(codes):
         raise RuntimeError(f"volunteers failed with {codes}; logs in {workdir / 'swarm'}")
-    return summarize(load_reports([v.report_path for v in volunteers]), read_history(history),
-                     time.monotonic() - started)
+    return {"overlap": overlap, **summarize(load_reports([v.report_path for v in volunteers]), read_history(history),
+                                            time.monotonic() - started),
+            "final_models_equal": models_equal([workdir / f"p{i}.pt" for i in range(1, args.peers + 1)])}
+
+
+def models_equal(paths: list[Path]) -> bool:
+    """Whether the volunteers' exported models are equal (the tests' tolerance: rtol 1e-4, atol 1e-5)."""
+    states = [torch.load(p) for p in paths]
+    return all(torch.allclose(other[key], tensor, rtol=1e-4, atol=1e-5)
+               for other in states[1:] for key, tensor in states[0].items())
 
 
 def summarize(reports: list[dict], history: list[dict], seconds: float) -> dict:
@@ -61,11 +80,14 @@ def summarize(reports: list[dict], history: list[dict], seconds: float) -> dict:
     rounds = sorted({(p["name"], p["averaging_rounds"], p["round_seconds"]) for status in history
                      for p in status["peers"] if p["round_seconds"] is not None})
     round_seconds = [r[2] for r in rounds]
+    last = {p["name"]: p for status in history for p in status["peers"] if p.get("role") != "aux"}
     return {"utilization": compute / wall, "target": TARGET, "compute_seconds": compute, "training_seconds": wall,
             "per_peer": [round(r["compute_seconds"] / max(r["training_seconds"], 1e-9), 3) for r in reports],
             "samples_per_second": sum(r["samples"] / max(r["training_seconds"], 1e-9) for r in reports),
             "round_seconds_median": statistics.median(round_seconds) if round_seconds else None,
             "round_seconds_max": max(round_seconds) if round_seconds else None,
+            "rounds_averaged": {name: p["averaging_rounds"] for name, p in sorted(last.items())},
+            "rounds_failed": {name: p["averaging_failures"] for name, p in sorted(last.items())},
             "final_epochs": [r["final_epoch"] for r in reports], "run_seconds": seconds}
 
 
@@ -80,15 +102,23 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each volunteer")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--overlap", choices=("both", "on", "off"), default="both",
+                        help="average in the background (on), in the foreground (off), or both, one after the other")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-utilization-"))
-    result = {"peers": args.peers, "rtt_ms": args.rtt_ms, "upload_mbps": args.upload_mbps,
-              "download_mbps": args.download_mbps, "target_batch_size": args.target_batch_size,
-              "micro_batch": args.batch_size, **run(args, workdir)}
-    print(json.dumps(result), flush=True)
+    scenario = {"peers": args.peers, "rtt_ms": args.rtt_ms, "upload_mbps": args.upload_mbps,
+                "download_mbps": args.download_mbps, "target_batch_size": args.target_batch_size,
+                "micro_batch": args.batch_size, "load_average": os.getloadavg()}
+    modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.overlap]
+    results = []
+    for overlap in modes:
+        result = {**scenario, **run(args, workdir / ("overlap" if overlap else "foreground"), overlap),
+                  "load_average_after": os.getloadavg()}
+        print(json.dumps(result), flush=True)
+        results.append(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -274,11 +274,15 @@ def build_swarm_optimizer(
 ) -> hivemind.Optimizer:
     """One optimizer step per global epoch, when the swarm has accumulated the run's target batch.
 
-    Gradient averaging and the optimizer step run in the foreground: with hivemind 1.1.12's delayed
-    modes (``delay_grad_averaging`` / ``delay_optimizer_step``) we measured most rounds ending
-    partial ("Reducer: received 50-67% of input tensors") and peers diverging, while foreground
-    rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
-    (``delay_state_averaging``, hivemind's default) still overlaps with compute.
+    With ``run.overlap`` (the default) gradient averaging and the optimizer step run in the background
+    (hivemind's ``delay_grad_averaging`` / ``delay_optimizer_step``, with the optimizer offloaded): peers
+    compute the next epoch's micro-batches while the round is on the wire, and each step applies one epoch
+    late. Earlier these modes left most rounds partial ("Reducer: received 50-67% of input tensors") and
+    peers diverging: groups mixed rounds of different epochs, and hivemind dropped the parts that reached a
+    peer before it had started its round. :mod:`crowdtrain.averaging.rounds` fixes both; here a delayed step
+    waits for the previous one, falls back to its own gradients when its round fails, and gives up a round
+    that the swarm finished without it. Without ``overlap`` every global step waits for its round.
+    Parameter averaging (``delay_state_averaging``, hivemind's default) overlaps with compute in both.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
     With a robust ``run.integrity.aggregator`` gradients and parameters are averaged by
     :mod:`crowdtrain.averaging`'s robust averagers and other peers' progress claims are bounded; with
