@@ -11,8 +11,8 @@ compare figures from one run, and read the samples/s next to it.
 
 ``--overlap both`` (the default) runs the scenario twice in one invocation, averaging in the background
 (``overlap``, the run's default) and then in the foreground (coordinator ``--no-overlap``: the same-run
-control). Each run also reports the rounds each volunteer averaged and failed (its last record in the
-status history) and whether the volunteers' exported final models are equal.
+control). Each run also reports the rounds each volunteer averaged and the samples of its that went into
+averaged (or alone) steps, of all it computed (its last record in the status history) and whether the volunteers' exported final models are equal.
 
     sudo python benchmarks/bench_utilization.py --target-batch-size 256 --max-epochs 4 --json out.json
 """
@@ -87,7 +87,7 @@ def summarize(reports: list[dict], history: list[dict], seconds: float) -> dict:
             "round_seconds_median": statistics.median(round_seconds) if round_seconds else None,
             "round_seconds_max": max(round_seconds) if round_seconds else None,
             "rounds_averaged": {name: p["averaging_rounds"] for name, p in sorted(last.items())},
-            "rounds_failed": {name: p["averaging_failures"] for name, p in sorted(last.items())},
+            "samples_averaged": {name: f'{p["samples_averaged"]}/{p["samples"]}' for name, p in sorted(last.items())},
             "final_epochs": [r["final_epoch"] for r in reports], "run_seconds": seconds}
 
 

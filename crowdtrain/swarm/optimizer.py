@@ -319,6 +319,7 @@ def build_swarm_optimizer(
         next_chunk_timeout=timeouts.next_chunk_timeout,
         delay_optimizer_step=run.overlap,
         delay_grad_averaging=run.overlap,
+        average_state_every=run.average_state_every,
         grad_compression=grad_compression,
         client_mode=client_mode,
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
