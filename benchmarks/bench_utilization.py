@@ -10,8 +10,8 @@ CPU-bound and slowed by the other peers, which inflates compute time and so the 
 compare figures from one run, and read the samples/s next to it.
 
 ``--overlap both`` (the default) runs the scenario twice in one invocation, averaging in the background
-(``overlap``, the run's default) and then in the foreground (coordinator ``--no-overlap``: the same-run
-control). Each run also reports the rounds each volunteer averaged and the samples of its that went into
+(coordinator ``--overlap``) and then in the foreground (``--no-overlap``, the run's default: the same-run
+control), both with parameter rounds every ``--average-state-every`` epochs. Each run also reports the rounds each volunteer averaged and the samples of its that went into
 averaged (or alone) steps, of all it computed (its last record in the status history) and whether the volunteers' exported final models are equal.
 
     sudo python benchmarks/bench_utilization.py --target-batch-size 256 --max-epochs 4 --json out.json
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, workdir: Path, overlap: bool) -> dict:
                 "--target-batch-size", str(args.target_batch_size), "--max-epochs", str(args.max_epochs),
                 "--matchmaking-time", "3", "--request-timeout", "1", "--averaging-timeout", "120",
                 "--log-interval", "1", "--run-dir", str(workdir / "run"), "--history", str(history),
-                *([] if overlap else ["--no-overlap"])])
+                "--overlap" if overlap else "--no-overlap", "--average-state-every", str(args.average_state_every)])
             volunteers = [wan.start_volunteer(i, address, ["--batch-size", str(args.batch_size), "--threads", "1",
                                                            "--export", str(workdir / f"p{i}.pt")])
                           for i in range(1, args.peers + 1)]
@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each volunteer")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--average-state-every", type=int, default=4,
+                        help="parameter rounds every this many epochs, in both modes (the run's default is 1)")
     parser.add_argument("--overlap", choices=("both", "on", "off"), default="both",
                         help="average in the background (on), in the foreground (off), or both, one after the other")
     parser.add_argument("--json", type=Path, default=None)
@@ -109,7 +111,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-utilization-"))
     scenario = {"peers": args.peers, "rtt_ms": args.rtt_ms, "upload_mbps": args.upload_mbps,
                 "download_mbps": args.download_mbps, "target_batch_size": args.target_batch_size,
-                "micro_batch": args.batch_size, "load_average": os.getloadavg()}
+                "micro_batch": args.batch_size, "average_state_every": args.average_state_every,
+                "load_average": os.getloadavg()}
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.overlap]
     results = []
     for overlap in modes:

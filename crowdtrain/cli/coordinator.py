@@ -70,9 +70,9 @@ def add_diloco_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run mode")
     group.add_argument("--mode", choices=RUN_MODES, default="standard",
                        help="standard: averaged step per global batch; diloco: local steps, outer step per round")
-    group.add_argument("--no-overlap", dest="overlap", action="store_false",
-                       help="standard: wait for each averaging round instead of computing the next batch meanwhile "
-                            "(each optimizer step then applies at once instead of one epoch late)")
+    group.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=RunConfig.overlap,
+                       help="standard: compute the next batch while a round is on the wire (each optimizer step "
+                            "then applies one epoch late); --no-overlap waits for each round")
     group.add_argument("--average-state-every", type=int, default=RunConfig.average_state_every, metavar="EPOCHS",
                        help="standard: average parameters with peers every EPOCHS global epochs "
                             f"(default {RunConfig.average_state_every})")

@@ -274,7 +274,7 @@ def build_swarm_optimizer(
 ) -> hivemind.Optimizer:
     """One optimizer step per global epoch, when the swarm has accumulated the run's target batch.
 
-    With ``run.overlap`` (the default) gradient averaging and the optimizer step run in the background
+    With ``run.overlap`` (off by default) gradient averaging and the optimizer step run in the background
     (hivemind's ``delay_grad_averaging`` / ``delay_optimizer_step``, with the optimizer offloaded): peers
     compute the next epoch's micro-batches while the round is on the wire, and each step applies one epoch
     late. Earlier these modes left most rounds partial ("Reducer: received 50-67% of input tensors") and
