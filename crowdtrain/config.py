@@ -166,7 +166,7 @@ class RunConfig:
     (measured 2026-12-06: sums of squares equal to 9-10 digits); parameter rounds re-align peers whose round
     failed. A parameter round moves the fp32 parameters (3.1 MB for albert-tiny) through every uplink, more than
     the gradient round on slow links (8-bit): every epoch it held a 5 Mbit/s swarm at about 10 s per epoch.
-    1 (hivemind's default) until more rarely has been measured in long runs."""
+    Default 1 (hivemind's) until rarer parameter rounds have been measured in long runs."""
 
     def __post_init__(self) -> None:
         if isinstance(self.timeouts, Mapping):

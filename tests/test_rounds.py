@@ -105,6 +105,7 @@ def _early_part(averager_type: type) -> list[str]:
     async def scenario():
         averager = object.__new__(averager_type)
         averager.next_chunk_timeout, averager._running_groups = 5.0, {}
+        averager._parent_pid = -1  # hivemind's __del__ then leaves the (never started) process alone
         averager._pending_groups_registered = asyncio.Event()
         averager._pending_groups_registered.set()  # hivemind sets it when any group ends
 
