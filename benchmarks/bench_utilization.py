@@ -15,6 +15,12 @@ Round times are then the seconds from closing each outer round to applying it (v
 "in sync" means the volunteers' exported final models agree to 1e-5 and, for every outer round, all
 volunteers trained the next round from the same θ₀ (the fingerprints in their logs).
 
+In standard mode ``--overlap on off`` (the default) runs the scenario twice in one invocation, averaging in
+the background (coordinator ``--overlap``) and then in the foreground (``--no-overlap``, the run's default:
+the same-run control), both with parameter rounds every ``--average-state-every`` epochs. Each run also
+reports the rounds each volunteer averaged, the samples of its that went into averaged (or alone) steps
+of all it computed, and whether the volunteers' exported final models are equal.
+
     sudo python benchmarks/bench_utilization.py --target-batch-size 256 --max-epochs 4 --json out.json
     sudo python benchmarks/bench_utilization.py --mode diloco --inner-steps 50 --max-epochs 4 --json out.json
 """
@@ -69,9 +75,19 @@ def run(args: argparse.Namespace, workdir: Path, mode_args: list[str]) -> dict:
     result = summarize(load_reports([v.report_path for v in volunteers]), read_history(history),
                        time.monotonic() - started)
     result["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    exports = [workdir / f"p{i}.pt" for i in range(1, args.peers + 1)]
     if args.mode == "diloco":
-        result.update(diloco_summary(logs, [workdir / f"p{i}.pt" for i in range(1, args.peers + 1)]))
+        result.update(diloco_summary(logs, exports))
+    else:
+        result["final_models_equal"] = models_equal(exports)
     return result
+
+
+def models_equal(paths: list[Path]) -> bool:
+    """Whether the volunteers' exported models are equal (the tests' tolerance: rtol 1e-4, atol 1e-5)."""
+    states = [torch.load(p) for p in paths]
+    return all(torch.allclose(other[key], tensor, rtol=1e-4, atol=1e-5)
+               for other in states[1:] for key, tensor in states[0].items())
 
 
 def diloco_summary(logs: list[str], exports: list[Path]) -> dict:
@@ -100,12 +116,15 @@ def summarize(reports: list[dict], history: list[dict], seconds: float) -> dict:
     rounds = sorted({(p["name"], p["averaging_rounds"], p["round_seconds"]) for status in history
                      for p in status["peers"] if p["round_seconds"] is not None})
     round_seconds = [r[2] for r in rounds]
+    last = {p["name"]: p for status in history for p in status["peers"] if p.get("role") != "aux"}
     return {"utilization": compute / wall, "target": TARGET, "compute_seconds": compute, "training_seconds": wall,
             "per_peer": [round(r["compute_seconds"] / max(r["training_seconds"], 1e-9), 3) for r in reports],
             "samples_per_second": sum(r["samples"] / max(r["training_seconds"], 1e-9) for r in reports),
             "samples": sum(r["samples"] for r in reports),
             "round_seconds_median": statistics.median(round_seconds) if round_seconds else None,
             "round_seconds_max": max(round_seconds) if round_seconds else None,
+            "rounds_averaged": {name: p["averaging_rounds"] for name, p in sorted(last.items())},
+            "samples_averaged": {name: f'{p["samples_averaged"]}/{p["samples"]}' for name, p in sorted(last.items())},
             "final_epochs": [r["final_epoch"] for r in reports], "run_seconds": seconds,
             **local_step_breakdown(reports, compute, wall)}
 
@@ -132,7 +151,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=("standard", "diloco"), default="standard")
     parser.add_argument("--inner-steps", type=int, default=50, help="diloco: H")
     parser.add_argument("--overlap", choices=("on", "off"), nargs="+", default=["on", "off"],
-                        help="diloco: run with the outer round overlapped, in the foreground, or both (in this order)")
+                        help="average in the background (on), in the foreground (off), or both, in this order "
+                             "(diloco: the outer round; standard: gradient rounds)")
+    parser.add_argument("--average-state-every", type=int, default=4,
+                        help="standard: parameter rounds every this many epochs, in both modes (the run's default is 1)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each volunteer")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -142,8 +164,12 @@ def main() -> None:
                 "download_mbps": args.download_mbps, "target_batch_size": args.target_batch_size,
                 "micro_batch": args.batch_size, "mode": args.mode}
     if args.mode == "standard":
-        result = {**scenario, **run(args, workdir, [])}
-        print(json.dumps(result), flush=True)
+        result = {**scenario, "average_state_every": args.average_state_every, "runs": {}}
+        for overlap in args.overlap:
+            mode_args = ["--overlap" if overlap == "on" else "--no-overlap",
+                         "--average-state-every", str(args.average_state_every)]
+            result["runs"][f"overlap {overlap}"] = run(args, workdir / f"overlap-{overlap}", mode_args)
+            print(json.dumps({f"overlap {overlap}": result["runs"][f"overlap {overlap}"]}), flush=True)
     else:
         result = {**scenario, "inner_steps": args.inner_steps, "outer_rounds": args.max_epochs, "runs": {}}
         for overlap in args.overlap:

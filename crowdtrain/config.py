@@ -158,6 +158,18 @@ class RunConfig:
     mode: str = "standard"
     "standard: one averaged optimizer step per global batch; diloco: see :class:`DiLoCoConfig` (epochs are rounds)."
     diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+    overlap: bool = False
+    """standard mode: average gradients and step the optimizer in the background while peers compute the next
+    batch (hivemind's delayed optimizer step and gradient averaging; each step applies one epoch late); false:
+    every global step waits for its round (see :mod:`crowdtrain.swarm.optimizer`). Off by default: in the WAN
+    benchmark (2026-12-06) one of four volunteers that lagged the swarm ended the run with its own state."""
+    average_state_every: int = 1
+    """standard mode: average parameters with peers every this many global epochs (hivemind's
+    ``average_state_every``). Complete gradient rounds leave their members' parameters equal to float rounding
+    (measured 2026-12-06: sums of squares equal to 9-10 digits); parameter rounds re-align peers whose round
+    failed. A parameter round moves the fp32 parameters (3.1 MB for albert-tiny) through every uplink, more than
+    the gradient round on slow links (8-bit): every epoch it held a 5 Mbit/s swarm at about 10 s per epoch.
+    Default 1 (hivemind's) until rarer parameter rounds have been measured in long runs."""
 
     def __post_init__(self) -> None:
         if isinstance(self.timeouts, Mapping):
@@ -185,6 +197,9 @@ class RunConfig:
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 0, "max_epochs",
                  "must be a non-negative integer")
         _require(isinstance(self.private, bool), "private", "must be true or false")
+        _require(isinstance(self.overlap, bool), "overlap", "must be true or false")
+        _require(isinstance(self.average_state_every, int) and self.average_state_every >= 1, "average_state_every",
+                 "must be a positive integer")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,6 +331,10 @@ class CoordinatorConfig:
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     mode: str = "standard"
     diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+    overlap: bool = False
+    "Standard mode: overlap averaging with compute (:attr:`RunConfig.overlap`)."
+    average_state_every: int = 1
+    "Standard mode: parameter averaging every this many epochs (:attr:`RunConfig.average_state_every`)."
     hparams: dict[str, Any] = field(default_factory=dict)
     "Overrides of the recipe's default hyper-parameters."
     dataset: Optional[dict[str, Any]] = None

@@ -15,7 +15,8 @@ MB = 1024 * 1024
 @pytest.mark.parametrize("peers", [1, 2, 5, 16])
 def test_small_swarms_average_all_together(peers):
     plan = plan_groups([10.0] * peers, model_bytes=100 * MB)
-    assert plan.target_group_size == max(2, peers) and plan.min_group_size == 2 and plan.dimensions == 1
+    # the cap, whatever the count: peers that join later fit in the same group (a target of 2 left a third out)
+    assert plan.target_group_size == GroupPolicy().max_group_size and plan.min_group_size == 2 and plan.dimensions == 1
 
 
 @pytest.mark.parametrize("peers, size, dimensions", [(17, 5, 2), (64, 8, 2), (256, 16, 2), (300, 7, 3)])
@@ -74,7 +75,9 @@ def test_bounds_validate():
 def test_the_share_follows_the_tighter_direction_and_groups_count_this_peer():
     plan = plan_averaging(DEFAULTS, LinkMeasurement(upload_mbps=5.0, download_mbps=50.0, rtt_ms=100.0),
                           others_upload_mbps=[20.0, None, 0.0], model_bytes=100 * MB)
-    assert plan.averager_opts() == {"bandwidth": 5.0, "target_group_size": 4, "min_group_size": 2}
+    # 4 peers with this one: one group, with room for later peers (the cap, see test_small_swarms_average_all_together)
+    assert plan.averager_opts() == {"bandwidth": 5.0, "target_group_size": GroupPolicy().max_group_size,
+                                    "min_group_size": 2}
     assert plan.timeouts.averaging_timeout > DEFAULTS.averaging_timeout
 
 

@@ -33,6 +33,7 @@ from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
 from crowdtrain.averaging.donors import DonorChoice
+from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
 from crowdtrain.dht.publish import read_peers
 from crowdtrain.peers.invites import invite_marker, peer_id_of
 
@@ -116,11 +117,11 @@ class _InviteOnly:
             yield part
 
 
-class InviteOnlyGradientAverager(_InviteOnly, GradientAverager):
+class InviteOnlyGradientAverager(_InviteOnly, RoundGradientAveraging, GradientAverager):
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, TrainingStateAverager, CompleteStateDownload, DonorChoice):
+class InviteOnlyStateAverager(_InviteOnly, RoundGroups, TrainingStateAverager, CompleteStateDownload, DonorChoice):
     pass
 
 

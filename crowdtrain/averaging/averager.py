@@ -25,6 +25,7 @@ from crowdtrain.averaging.bans import BanList, BanSnapshot
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
+from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
 from crowdtrain.config import IntegrityConfig
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ def wire_compatible(base: type) -> type:
 
 
 WireCompatibleAverager = wire_compatible(GradientAverager)
+
+
+class RoundGradientAverager(RoundGradientAveraging, WireCompatibleAverager):
+    """hivemind's GradientAverager (the plain mean) in groups of one round (:mod:`crowdtrain.averaging.rounds`)."""
 
 
 class RobustAveraging(ConsistentAveraging):
@@ -86,7 +91,7 @@ class RobustAveraging(ConsistentAveraging):
             yield response
 
 
-class RobustGradientAverager(RobustAveraging, WireCompatibleAverager):
+class RobustGradientAverager(RobustAveraging, RoundGradientAveraging, WireCompatibleAverager):
     pass
 
 
@@ -157,18 +162,20 @@ class FiniteStateDownload(DecentralizedAverager):
         return loaded
 
 
-class CompleteTrainingStateAverager(wire_compatible(TrainingStateAverager), CompleteStateDownload, DonorChoice):
-    """hivemind's TrainingStateAverager that loads complete downloaded states only."""
+class CompleteTrainingStateAverager(RoundGroups, wire_compatible(TrainingStateAverager), CompleteStateDownload,
+                                    DonorChoice):
+    """hivemind's TrainingStateAverager that loads complete downloaded states only, in groups of one epoch."""
 
 
-class RobustTrainingStateAverager(RobustAveraging, wire_compatible(TrainingStateAverager), CompleteStateDownload,
-                                  FiniteStateDownload, DonorChoice):
+class RobustTrainingStateAverager(RobustAveraging, RoundGroups, wire_compatible(TrainingStateAverager),
+                                  CompleteStateDownload, FiniteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 
 
 def gradient_averager_factory(integrity: IntegrityConfig, publish: Optional[Publish] = None):
     """What ``hivemind.Optimizer(grad_averager_factory=...)`` builds: hivemind's own averager for the
-    plain mean (no checks: the control), :class:`RobustGradientAverager` otherwise."""
+    plain mean (no checks: the control), :class:`RobustGradientAverager` otherwise; both in groups of one
+    round (:mod:`crowdtrain.averaging.rounds`)."""
     if not integrity.robust:
-        return GradientAverager
+        return RoundGradientAverager
     return functools.partial(RobustGradientAverager, integrity=integrity, publish=publish)

@@ -1,6 +1,11 @@
 """Adaptive group policy: how many peers average together, from the measured state of the swarm.
 
-Small swarms average all together (one exact average per round). Beyond ``max_group_size`` peers,
+Small swarms average all together (one exact average per round): the target is the cap, not the peers
+a volunteer counts when it joins. Volunteers that start together count 0, 1, 2... others; with targets
+of 2 a leader assembled as soon as one follower joined and the third peer was left out of every round
+(measured 2026-12-06: the fastest of 3 volunteers averaged in none of 8 rounds), and a peer whose
+target is below its group's size fails hivemind's key update (``rng.sample(range(target), group size)``:
+"Sample larger than population"). Beyond ``max_group_size`` peers,
 Moshpit SGD's grid: peers form groups of ``g`` along one of ``d`` key dimensions with
 ``g ** d >= peers``, so a round waits only on its own group and ``d`` rounds still mix every peer's
 update into every other (hivemind's ``target_group_size`` with its group-key grid). The cap also
@@ -44,8 +49,8 @@ def plan_groups(upload_mbps: Sequence[Optional[float]], model_bytes: int,
     by_parts = max(2, model_bytes // policy.min_part_bytes)
     # client-mode peers (upload 0) hold no part: the part-size cap counts aggregators, the group holds all
     cap = max(2, min(policy.max_group_size, math.ceil(by_parts * peers / aggregators)))
-    if peers <= cap:
-        return GroupPlan(target_group_size=max(2, peers), min_group_size=2, dimensions=1)
+    if peers <= cap:  # room for the peers that join after this one: it counted those it saw when it joined
+        return GroupPlan(target_group_size=cap, min_group_size=2, dimensions=1)
     dimensions = math.ceil(math.log(peers) / math.log(cap))
     size = math.ceil(peers ** (1 / dimensions))
     return GroupPlan(target_group_size=size, min_group_size=max(2, size // 2), dimensions=dimensions)

@@ -12,7 +12,8 @@ from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_
                                    network_from_args, setup_logging, timeouts_from_args)
 from crowdtrain.averaging.compression import COMPRESSIONS
 from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
-from crowdtrain.config import AGGREGATORS, RUN_MODES, CoordinatorConfig, DiLoCoConfig, IntegrityConfig, KeeperConfig
+from crowdtrain.config import (AGGREGATORS, RUN_MODES, CoordinatorConfig, DiLoCoConfig, IntegrityConfig, KeeperConfig,
+                               RunConfig)
 from crowdtrain.dht.node import preferred_address
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.coordinator import CoordinatorReady, run_coordinator
@@ -72,6 +73,12 @@ def add_diloco_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run mode")
     group.add_argument("--mode", choices=RUN_MODES, default="standard",
                        help="standard: averaged step per global batch; diloco: local steps, outer step per round")
+    group.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=RunConfig.overlap,
+                       help="standard: compute the next batch while a round is on the wire (each optimizer step "
+                            "then applies one epoch late); --no-overlap waits for each round")
+    group.add_argument("--average-state-every", type=int, default=RunConfig.average_state_every, metavar="EPOCHS",
+                       help="standard: average parameters with peers every EPOCHS global epochs "
+                            f"(default {RunConfig.average_state_every})")
     group.add_argument("--inner-steps", type=int, default=defaults.inner_steps,
                        help="diloco: inner steps per peer per round (H, a target, not a barrier)")
     group.add_argument("--outer-lr", type=float, default=defaults.outer_lr)
@@ -127,7 +134,8 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
             recipe=args.recipe, target_batch_size=args.target_batch_size, max_epochs=args.max_epochs,
             timeouts=timeouts_from_args(args), integrity=IntegrityConfig(aggregator=args.aggregator),
             hparams=parse_hparams(args.hparam), dataset=parse_dataset(args.dataset), run_dir=args.run_dir,
-            log_interval=args.log_interval, mode=args.mode, diloco=diloco_from_args(args),
+            log_interval=args.log_interval, mode=args.mode, diloco=diloco_from_args(args), overlap=args.overlap,
+            average_state_every=args.average_state_every,
             dashboard=dashboard_config_from_args(args, args.run_dir) if args.dashboard else None,
             private=args.private, keeper=KeeperConfig(
                 enabled=args.keep_state, follow_interval=args.follow_interval, checkpoint_every=args.checkpoint_every,

@@ -94,7 +94,8 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
         assets_sha256=hashlib.sha256(assets).hexdigest(), assets_size=len(assets),
         assets_chunks=[], target_batch_size=config.target_batch_size,
         max_epochs=config.max_epochs, private=config.private, timeouts=config.timeouts, integrity=config.integrity,
-        created_at=time.time(), mode=config.mode, diloco=config.diloco,
+        created_at=time.time(), mode=config.mode, diloco=config.diloco, overlap=config.overlap,
+        average_state_every=config.average_state_every,
     )
     return run, assets
 
@@ -102,8 +103,8 @@ def _new_run(config: CoordinatorConfig, run_id: str) -> tuple[RunConfig, bytes]:
 def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfig, list[bytes], bool]:
     """(run configuration, packed asset chunks, resumed?): resumes the identity's saved run if there is one.
 
-    On resume, recipe, hyper-parameters, data and assets stay; batch size, epochs, timeouts and mode
-    follow the new command line. The assets are packed once, here, and the configuration lists the
+    On resume, recipe, hyper-parameters, data and assets stay; batch size, epochs, timeouts, mode, overlap and
+    parameter averaging follow the new command line. The assets are packed once, here, and the configuration lists the
     digests of exactly these chunks (another zlib build may compress a resumed run's assets differently).
     """
     run_id = run_id_for(identity.public_key)
@@ -116,7 +117,8 @@ def prepare_run(config: CoordinatorConfig, identity: Identity) -> tuple[RunConfi
                              f"use another --identity to start a {config.recipe} run")
         run = dataclasses.replace(run, target_batch_size=config.target_batch_size, max_epochs=config.max_epochs,
                                   private=config.private, timeouts=config.timeouts, integrity=config.integrity,
-                                  created_at=time.time(), mode=config.mode, diloco=config.diloco)
+                                  created_at=time.time(), mode=config.mode, diloco=config.diloco,
+                                  overlap=config.overlap, average_state_every=config.average_state_every)
     else:
         run, assets = _new_run(config, run_id)
     chunks = pack_assets(assets)

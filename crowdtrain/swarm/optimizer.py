@@ -1,7 +1,9 @@
 """The hivemind.Optimizer that turns local steps into global, averaged steps, with our fixes."""
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from typing import Optional
 
 import hivemind
 import torch
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.compression import CompressionBase, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
@@ -31,6 +34,9 @@ from crowdtrain.trainers.base import Recipe
 
 
 logger = logging.getLogger(__name__)
+DELAYED_STEP_TIMEOUTS = 3
+"A delayed step (gradient round, optimizer step, parameter round) gets this many averaging timeouts to end."
+ROUND_POLL_S = 0.2
 DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
 
 
@@ -55,6 +61,17 @@ class AveragingStats:
             self.samples_averaged += samples
         else:
             self.failures += 1
+
+
+@dataclass
+class _GlobalStep:
+    """One global step of this peer, from the end of its epoch to its optimizer step."""
+
+    epoch: int
+    samples: int
+    alone: bool
+    delayed: bool = False
+    local_gradients: Optional[list[torch.Tensor]] = None
 
 
 class SwarmOptimizer(hivemind.Optimizer):
@@ -84,20 +101,118 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._download_backoff = Backoff()
         self.averaging_stats = AveragingStats()
         self._round: Optional[tuple[bool, float]] = None
+        self._step: Optional[_GlobalStep] = None  # the global step being taken (main thread)
+        self._in_flight: dict[int, _GlobalStep] = {}  # delayed steps, by id of their gradient round's StepControl
+        self._fallback: Optional[list[torch.Tensor]] = None  # local gradients of the delayed step being applied
 
     def _update_global_epoch(self, grad_scaler) -> None:
-        samples, alone = self.grad_averager.local_samples_accumulated, self.tracker.global_progress.num_peers <= 1
-        self._round = None
+        if self.delay_optimizer_step:
+            self._wait_for_delayed_step()
+        self._step = _GlobalStep(self.local_epoch, self.grad_averager.local_samples_accumulated,
+                                 self.tracker.global_progress.num_peers <= 1)
         super()._update_global_epoch(grad_scaler)
-        self.averaging_stats.record(samples, alone, self._round)
+        if not self._step.delayed:  # a delayed round records itself when it ends (in the state averager's thread)
+            self.averaging_stats.record(self._step.samples, self._step.alone, self._round)
+        self._round = self._step = None
+
+    def _wait_for_delayed_step(self) -> None:
+        """The previous step's round, optimizer step and parameter round end before this step's round begins:
+        its gradients go into the buffers that the previous optimizer step reads. hivemind waits at most
+        ``averaging_timeout`` and then goes on regardless; each stage is bounded by its own timeout."""
+        pending = list(self.state_averager.pending_updates)
+        _, not_done = concurrent.futures.wait(pending, timeout=DELAYED_STEP_TIMEOUTS * self.averaging_timeout)
+        if not_done:
+            logger.warning(f"the previous optimizer step is still running after "
+                           f"{DELAYED_STEP_TIMEOUTS * self.averaging_timeout:.0f} s; going on without it")
+
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        self.grad_averager.round_tag = self.local_epoch
+        super()._maybe_schedule_gradient_averaging()
+
+    def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        self.grad_averager.round_tag = self.local_epoch
+        # the fallback of a failed round: hivemind reloads the accumulators, which it has reset by then (a zero step)
+        # or, with overlap, refilled with the next epoch's micro-batches
+        self._step.local_gradients = self._local_gradients()
+        began = super()._begin_averaging_gradients(grad_scaler)
+        if began and self.delay_grad_averaging:
+            self._step.delayed = True
+            self._in_flight[id(self.scheduled_grads)] = self._step
+        return began
+
+    @torch.no_grad()
+    def _local_gradients(self) -> list[torch.Tensor]:
+        """What hivemind's load_accumulators_into_averager_ writes: the mean of the accumulated micro-batches."""
+        averager = self.grad_averager
+        scale = 1.0 / averager.local_times_accumulated if averager.local_times_accumulated else 0.0
+        return [acc.detach().clone().mul_(scale) for acc in averager._grad_accumulators()]
 
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
         started = time.perf_counter()
-        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
         control = maybe_step_control
+        step = self._in_flight.pop(id(control), None) or self._step
+        self._fallback = step.local_gradients if step is not None else None
+        if step is not None and step.delayed:
+            self._give_up_if_swarm_moved_on(control, step.epoch)
+        try:
+            super()._average_gradients_and_load_into_optimizer(control)
+        finally:
+            self._fallback = None
         averaged = (control is not None and control.done() and not control.cancelled()
                     and control.exception() is None)
-        self._round = (averaged, time.perf_counter() - started)
+        round_ = (averaged, time.perf_counter() - started)
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_round(control, averaged, round_[1], step.epoch if step is not None else self.local_epoch)
+        if step is not None and step.delayed:
+            self.averaging_stats.record(step.samples, step.alone, round_)
+        else:
+            self._round = round_
+
+    def _give_up_if_swarm_moved_on(self, control: StepControl, epoch: int) -> None:
+        """Stop looking for the group of round ``epoch`` once the swarm has begun the round after it.
+
+        Groups are of one round (:mod:`crowdtrain.averaging.rounds`): a peer that ends its epoch after the
+        others have averaged it (it joined or downloaded the state mid-round) finds no group, and would search
+        for the whole ``averaging_timeout`` while its next step waits. With overlap a peer's epoch (hence the
+        swarm's) advances when its round begins, so a global epoch of ``epoch + 2`` means that round ``epoch + 1``
+        has begun somewhere and round ``epoch`` is over."""
+        deadline = time.monotonic() + self.averaging_timeout
+        while not control.done() and time.monotonic() < deadline:
+            if control.stage == AveragingStage.LOOKING_FOR_GROUP and self.tracker.global_epoch >= epoch + 2:
+                logger.info(f"the swarm averaged epoch {epoch} without this peer (it is at epoch "
+                            f"{self.tracker.global_epoch}); stepping on this peer's own gradients")
+                control.cancel()
+                return
+            time.sleep(ROUND_POLL_S)
+
+    def _tag_along_with_zero_weight(self, control: StepControl) -> None:
+        """A round this peer leaves (it downloads the state, or steps alone): hivemind joins it with weight 0 so as
+        not to break a group already formed. One still looking for its group is cancelled instead: with groups of
+        one round it would look for its epoch's group long after this peer left that epoch, and hold up the
+        matchmaking of this peer's next rounds (hivemind runs one at a time)."""
+        if not control.triggered and control.stage == AveragingStage.LOOKING_FOR_GROUP:
+            control.cancel()
+            return
+        super()._tag_along_with_zero_weight(control)
+
+    @torch.no_grad()
+    def _load_local_gradients_into_optimizer(self) -> None:
+        if self._fallback is None:
+            return super()._load_local_gradients_into_optimizer()
+        logger.log(self.status_loglevel, "Proceeding with local gradients")
+        with self.grad_averager.get_tensors() as buffers:
+            for buffer, local in zip(buffers, self._fallback):
+                buffer.copy_(local)
+        self._load_averaged_gradients_into_optimizer_()
+
+    def _log_round(self, control, averaged: bool, seconds: float, epoch: int) -> None:
+        """Debug: digests of what this step starts from and of the gradients it applies (equal within a group)."""
+        peers = sorted(str(p)[-6:] for p in control.result()) if averaged else []
+        with torch.no_grad(), self.grad_averager.get_tensors() as grads:
+            grads_digest = _digest(grads)
+        params = [p for group in self.state_averager.optimizer.param_groups for p in group["params"]]
+        logger.debug(f"step of epoch {epoch}: averaged={averaged} in {seconds:.2f} s with {peers}; "
+                     f"parameters {_digest(params)}, gradients {grads_digest}")
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         """hivemind's, refusing incomplete state downloads; invite-only (private run) or robust (screened
@@ -135,6 +250,16 @@ class SwarmOptimizer(hivemind.Optimizer):
                            f"this peer's own state (epoch {self.local_epoch}) and retrying with back-off")
 
 
+def _digest(tensors) -> str:
+    """sha1 of the bytes (equal: bit-identical) and the sum of squares (equal to float rounding)."""
+    h, squares = hashlib.sha1(), 0.0
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(t.numpy().tobytes())
+        squares += float(t.double().square().sum())
+    return f"{h.hexdigest()[:10]}/{squares:.9e}"
+
+
 def build_swarm_optimizer(
     *,
     dht: hivemind.DHT,
@@ -149,11 +274,15 @@ def build_swarm_optimizer(
 ) -> hivemind.Optimizer:
     """One optimizer step per global epoch, when the swarm has accumulated the run's target batch.
 
-    Gradient averaging and the optimizer step run in the foreground: with hivemind 1.1.12's delayed
-    modes (``delay_grad_averaging`` / ``delay_optimizer_step``) we measured most rounds ending
-    partial ("Reducer: received 50-67% of input tensors") and peers diverging, while foreground
-    rounds on the same swarm all completed with bit-identical parameters. Parameter averaging
-    (``delay_state_averaging``, hivemind's default) still overlaps with compute.
+    With ``run.overlap`` (off by default) gradient averaging and the optimizer step run in the background
+    (hivemind's ``delay_grad_averaging`` / ``delay_optimizer_step``, with the optimizer offloaded): peers
+    compute the next epoch's micro-batches while the round is on the wire, and each step applies one epoch
+    late. Earlier these modes left most rounds partial ("Reducer: received 50-67% of input tensors") and
+    peers diverging: groups mixed rounds of different epochs, and hivemind dropped the parts that reached a
+    peer before it had started its round. :mod:`crowdtrain.averaging.rounds` fixes both; here a delayed step
+    waits for the previous one, falls back to its own gradients when its round fails, and gives up a round
+    that the swarm finished without it. Without ``overlap`` every global step waits for its round.
+    Parameter averaging (``delay_state_averaging``, hivemind's default) overlaps with compute in both.
     ``client_mode`` is passed explicitly and equal to the DHT's (hivemind 1.1.12 inverts the default).
     With a robust ``run.integrity.aggregator`` gradients and parameters are averaged by
     :mod:`crowdtrain.averaging`'s robust averagers and other peers' progress claims are bounded; with
@@ -188,8 +317,9 @@ def build_swarm_optimizer(
         averaging_timeout=timeouts.averaging_timeout,
         load_state_timeout=timeouts.load_state_timeout,
         next_chunk_timeout=timeouts.next_chunk_timeout,
-        delay_optimizer_step=False,
-        delay_grad_averaging=False,
+        delay_optimizer_step=run.overlap,
+        delay_grad_averaging=run.overlap,
+        average_state_every=run.average_state_every,
         grad_compression=grad_compression,
         client_mode=client_mode,
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
@@ -197,7 +327,7 @@ def build_swarm_optimizer(
         tracker_opts={"private_key": identity.private_key},
         grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
         integrity=run.integrity,
-        verbose=False,
+        verbose=logger.isEnabledFor(logging.DEBUG),
     )
 
 
