@@ -8,7 +8,9 @@ target is below its group's size fails hivemind's key update (``rng.sample(range
 "Sample larger than population"). Beyond ``max_group_size`` peers,
 Moshpit SGD's grid: peers form groups of ``g`` along one of ``d`` key dimensions with
 ``g ** d >= peers``, so a round waits only on its own group and ``d`` rounds still mix every peer's
-update into every other (hivemind's ``target_group_size`` with its group-key grid). The cap also
+update into every other (hivemind's ``target_group_size`` with its group-key grid; the grid's keys,
+``initial_group_bits``, are not set yet, and with one key for all, hivemind forms nearly the same groups
+every round: ``tests/test_moshpit_groups.py`` measures it). The cap also
 shrinks for small models: a group splits the vector into one part per bandwidth-giving peer, and
 parts below ``min_part_bytes`` cost more in per-message latency than they save in transfer time.
 """
