@@ -272,15 +272,18 @@ def test_a_banned_peer_is_shown_on_the_page(training, browser):
         publish_integrity(dht, reporter, run_id, IntegrityRecord(
             reporter=str(reporter.peer_id), strikes={str(offender.peer_id): 3}, banned=[str(offender.peer_id)],
             time=time.time()))
-        run = wait_until(lambda: (r := ok(training.url, "/api/run"))["offenders"] and r, 30, "the report to be read")
+        mine = {"peer_id": str(offender.peer_id), "strikes": 3, "banned_by": 1}
+        run = wait_until(lambda: (r := ok(training.url, "/api/run")) if mine in r["offenders"] else None, 30,
+                         "the report to be read")
     finally:
         shutdown_dht(dht)
-    volunteers = {p["peer_id"]: p["name"] for p in run["peers"]}
-    assert run["offenders"] == [{"peer_id": str(offender.peer_id), "strikes": 3, "banned_by": 1}], (run["offenders"], volunteers)
+    # the honest volunteers' own reports may list each other too (a rejected round counts as a strike)
+    assert {o["peer_id"] for o in run["offenders"]} <= {mine["peer_id"]} | {p["peer_id"] for p in run["peers"]}
     page, errors = open_page(browser, training.url)
     page.wait_for_selector("#offenders-section:not([hidden]) #offenders tbody tr.banned", timeout=20_000)
-    cells = page.eval_on_selector_all("#offenders tbody tr.banned td", "cells => cells.map(c => c.textContent)")
-    assert cells == [f"…{str(offender.peer_id)[-8:]}", "3", "1 peer"], cells
+    rows = page.eval_on_selector_all(
+        "#offenders tbody tr", "rows => rows.map(r => [r.className, ...[...r.cells].map(c => c.textContent)])")
+    assert ["banned", f"…{mine['peer_id'][-8:]}", "3", "1 peer"] in rows, rows
     assert errors == []
     page.close()
 

@@ -60,7 +60,7 @@ def _mean_gradients(samples: list[int], signal: torch.Tensor, noise: float, seed
 def test_honest_peers_of_very_different_sample_counts_are_not_rejected():
     """A slow peer's mean over 8 samples is ~11x noisier than a fast peer's over 1024 (the raw-norm bound
     rejected it and banned honest slow peers); its norm is compared at the median weight."""
-    samples = [8, 1024]
+    samples = [8, 1024, 1024]
     stack = _mean_gradients(samples, signal=torch.full((20_000,), 1e-3), noise=1.0)
     raw = stack.norm(dim=1)
     assert raw[0] > 10 * raw[1]  # what the raw bound rejected
@@ -68,6 +68,13 @@ def test_honest_peers_of_very_different_sample_counts_are_not_rejected():
     mixed = [8, 64, 256, 1024]
     assert screen(list(_mean_gradients(mixed, torch.zeros(20_000), 1.0, seed=1)), [float(n) for n in mixed],
                   IntegrityConfig()) == {}
+
+
+def test_two_contributions_are_checked_for_finite_values_only():
+    """No majority, no median: the norm bound would reject the larger of two honest contributions."""
+    pair = [torch.ones(100), 100 * torch.ones(100)]
+    assert screen(pair, [8.0, 8.0], IntegrityConfig()) == {}
+    assert set(screen([torch.ones(100), torch.full((100,), float("nan"))], [8.0, 8.0], IntegrityConfig())) == {1}
 
 
 def test_weight_scaled_screening_still_rejects_outsized_contributions_and_bounds_small_claims():

@@ -14,7 +14,9 @@ banned honest slow peers (seen on 2026-12-06 in the dashboard's test swarm, "nor
 median 0.0307"). Scaling each norm by sqrt(weight / median weight) compares them at equal sample
 counts. A peer cannot buy room by claiming fewer samples: its weight in the mean shrinks faster
 (as w) than its allowed norm grows (as 1/sqrt(w)), so its influence stays within the bound of a peer
-at the median weight; claiming more only tightens its own bound.
+at the median weight; claiming more only tightens its own bound. The norm bound applies from three
+contributions up (``MIN_CONTRIBUTIONS_FOR_NORM_BOUND``): with two there is no majority to tell which one
+is off, as with any robust aggregator.
 
 - CenteredClip (Karimireddy et al. 2021, the aggregator of BTARD, Gorbunov et al. 2021): starting
   from the coordinate-wise median ``v``, iterate ``v += sum_i w_i clip_tau(x_i - v) / sum_i w_i``;
@@ -42,6 +44,12 @@ import torch
 from crowdtrain.config import IntegrityConfig
 
 
+MIN_CONTRIBUTIONS_FOR_NORM_BOUND = 3
+"""A norm bound relative to the median needs a majority to define the median: with two contributions the
+(lower) median is simply the smaller one, and the larger is rejected whoever is at fault (seen: honest peers
+of a 2-volunteer swarm struck and banned each other). Two contributions are only checked for finiteness."""
+
+
 def _median(values: torch.Tensor) -> torch.Tensor:
     return values.median() if values.numel() else values.new_zeros(())
 
@@ -62,6 +70,8 @@ def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: Inte
         else:
             norms[index] = float(part.norm())
     measured = ~norms.isnan()
+    if int(measured.sum()) < MIN_CONTRIBUTIONS_FOR_NORM_BOUND:
+        return rejected
     weight_of = torch.tensor([float(w) if measured[i] else float("nan") for i, w in enumerate(weights)],
                              dtype=torch.float64)
     median_weight = _median(weight_of[measured])
