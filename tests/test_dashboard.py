@@ -273,8 +273,10 @@ def test_a_banned_peer_is_shown_on_the_page(training, browser):
             reporter=str(reporter.peer_id), strikes={str(offender.peer_id): 3}, banned=[str(offender.peer_id)],
             time=time.time()))
         mine = {"peer_id": str(offender.peer_id), "strikes": 3, "banned_by": 1}
-        run = wait_until(lambda: (r := ok(training.url, "/api/run")) if mine in r["offenders"] else None, 30,
-                         "the report to be read")
+        def reported():
+            run = ok(training.url, "/api/run")
+            return run if mine in run["offenders"] else None
+        run = wait_until(reported, 30, "the report to be read")
     finally:
         shutdown_dht(dht)
     # the honest volunteers' own reports may list each other too (a rejected round counts as a strike)
