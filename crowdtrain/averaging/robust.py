@@ -75,7 +75,7 @@ def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: Inte
     weight_of = torch.tensor([float(w) if measured[i] else float("nan") for i, w in enumerate(weights)],
                              dtype=torch.float64)
     median_weight = _median(weight_of[measured])
-    scaled = norms * (weight_of / median_weight).sqrt() if measured.any() else norms
+    scaled = norms * (weight_of / median_weight).sqrt()
     median = _median(scaled[measured])
     for index in range(len(parts)):
         if index not in rejected and scaled[index] > config.max_norm_ratio * median:
