@@ -77,7 +77,7 @@ def test_the_share_follows_the_tighter_direction_and_groups_count_this_peer():
                           others_upload_mbps=[20.0, None, 0.0], model_bytes=100 * MB)
     # 4 peers with this one: one group, with room for later peers (the cap, see test_small_swarms_average_all_together)
     assert plan.averager_opts() == {"bandwidth": 5.0, "target_group_size": GroupPolicy().max_group_size,
-                                    "min_group_size": 2}
+                                    "min_group_size": 2, "swarm_size": 4}
     assert plan.timeouts.averaging_timeout > DEFAULTS.averaging_timeout
 
 

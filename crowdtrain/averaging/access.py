@@ -33,6 +33,7 @@ from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
 from crowdtrain.averaging.donors import DonorChoice
+from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
 from crowdtrain.dht.publish import read_peers
 from crowdtrain.peers.invites import invite_marker, peer_id_of
@@ -117,11 +118,12 @@ class _InviteOnly:
             yield part
 
 
-class InviteOnlyGradientAverager(_InviteOnly, RoundGradientAveraging, GradientAverager):
+class InviteOnlyGradientAverager(_InviteOnly, GridGroups, RoundGradientAveraging, GradientAverager):
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, RoundGroups, TrainingStateAverager, CompleteStateDownload, DonorChoice):
+class InviteOnlyStateAverager(_InviteOnly, GridGroups, RoundGroups, TrainingStateAverager, CompleteStateDownload,
+                              DonorChoice):
     pass
 
 

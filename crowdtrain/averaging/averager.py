@@ -24,6 +24,7 @@ from hivemind.proto import averaging_pb2
 from crowdtrain.averaging.bans import BanList, BanSnapshot
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
+from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
 from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
 from crowdtrain.config import IntegrityConfig
@@ -48,7 +49,7 @@ def wire_compatible(base: type) -> type:
 WireCompatibleAverager = wire_compatible(GradientAverager)
 
 
-class RoundGradientAverager(RoundGradientAveraging, WireCompatibleAverager):
+class RoundGradientAverager(GridGroups, RoundGradientAveraging, WireCompatibleAverager):
     """hivemind's GradientAverager (the plain mean) in groups of one round (:mod:`crowdtrain.averaging.rounds`)."""
 
 
@@ -91,7 +92,7 @@ class RobustAveraging(ConsistentAveraging):
             yield response
 
 
-class RobustGradientAverager(RobustAveraging, RoundGradientAveraging, WireCompatibleAverager):
+class RobustGradientAverager(RobustAveraging, GridGroups, RoundGradientAveraging, WireCompatibleAverager):
     pass
 
 
@@ -162,12 +163,12 @@ class FiniteStateDownload(DecentralizedAverager):
         return loaded
 
 
-class CompleteTrainingStateAverager(RoundGroups, wire_compatible(TrainingStateAverager), CompleteStateDownload,
-                                    DonorChoice):
+class CompleteTrainingStateAverager(GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
+                                    CompleteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager that loads complete downloaded states only, in groups of one epoch."""
 
 
-class RobustTrainingStateAverager(RobustAveraging, RoundGroups, wire_compatible(TrainingStateAverager),
+class RobustTrainingStateAverager(RobustAveraging, GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
                                   CompleteStateDownload, FiniteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 

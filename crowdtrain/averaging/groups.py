@@ -8,9 +8,9 @@ target is below its group's size fails hivemind's key update (``rng.sample(range
 "Sample larger than population"). Beyond ``max_group_size`` peers,
 Moshpit SGD's grid: peers form groups of ``g`` along one of ``d`` key dimensions with
 ``g ** d >= peers``, so a round waits only on its own group and ``d`` rounds still mix every peer's
-update into every other (hivemind's ``target_group_size`` with its group-key grid; the grid's keys,
-``initial_group_bits``, are not set yet, and with one key for all, hivemind forms nearly the same groups
-every round: ``tests/test_moshpit_groups.py`` measures it). The cap also
+update into every other (hivemind's ``target_group_size``, with the group keys of
+:mod:`crowdtrain.averaging.grid`, sized to the swarm: with one key for all, hivemind forms nearly the
+same groups every round, ``tests/test_moshpit_groups.py``). The cap also
 shrinks for small models: a group splits the vector into one part per bandwidth-giving peer, and
 parts below ``min_part_bytes`` cost more in per-message latency than they save in transfer time.
 """
@@ -41,6 +41,8 @@ class GroupPlan:
     min_group_size: int
     dimensions: int
     "Rounds needed to mix every peer into every other (1: all together)."
+    peers: int
+    "The swarm's size this plan is for (the key grid's size follows the swarm from there)."
 
 
 def plan_groups(upload_mbps: Sequence[Optional[float]], model_bytes: int,
@@ -52,7 +54,8 @@ def plan_groups(upload_mbps: Sequence[Optional[float]], model_bytes: int,
     # client-mode peers (upload 0) hold no part: the part-size cap counts aggregators, the group holds all
     cap = max(2, min(policy.max_group_size, math.ceil(by_parts * peers / aggregators)))
     if peers <= cap:  # room for the peers that join after this one: it counted those it saw when it joined
-        return GroupPlan(target_group_size=cap, min_group_size=2, dimensions=1)
+        return GroupPlan(target_group_size=cap, min_group_size=2, dimensions=1, peers=peers)
     dimensions = math.ceil(math.log(peers) / math.log(cap))
     size = math.ceil(peers ** (1 / dimensions))
-    return GroupPlan(target_group_size=size, min_group_size=max(2, size // 2), dimensions=dimensions)
+    return GroupPlan(target_group_size=size, min_group_size=max(2, size // 2), dimensions=dimensions,
+                     peers=peers)

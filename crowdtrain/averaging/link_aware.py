@@ -30,7 +30,7 @@ class AveragingPlan:
     def averager_opts(self) -> dict[str, Any]:
         """Keyword arguments for both of hivemind.Optimizer's averagers."""
         return {"bandwidth": self.bandwidth_mbps, "target_group_size": self.groups.target_group_size,
-                "min_group_size": self.groups.min_group_size}
+                "min_group_size": self.groups.min_group_size, "swarm_size": self.groups.peers}
 
 
 def share_bandwidth(link: LinkMeasurement) -> Optional[float]:

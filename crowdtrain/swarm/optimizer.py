@@ -23,6 +23,7 @@ from crowdtrain.averaging.averager import (
     gradient_averager_factory,
 )
 from crowdtrain.averaging.bans import BanSnapshot
+from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.config import IntegrityConfig, RunConfig
 from crowdtrain.dht.publish import publish_integrity
@@ -110,10 +111,18 @@ class SwarmOptimizer(hivemind.Optimizer):
             self._wait_for_delayed_step()
         self._step = _GlobalStep(self.local_epoch, self.grad_averager.local_samples_accumulated,
                                  self.tracker.global_progress.num_peers <= 1)
+        self._follow_swarm_size(self.tracker.global_progress.num_peers)
         super()._update_global_epoch(grad_scaler)
         if not self._step.delayed:  # a delayed round records itself when it ends (in the state averager's thread)
             self.averaging_stats.record(self._step.samples, self._step.alone, self._round)
         self._round = self._step = None
+
+    def _follow_swarm_size(self, peers: int) -> None:
+        """The averagers' key grid follows the swarm (:mod:`crowdtrain.averaging.grid`)."""
+        if peers > 0:  # 0: the last read of the progress records failed
+            for averager in (self.grad_averager, self.state_averager):
+                if isinstance(averager, GridGroups):
+                    averager.set_swarm_size(peers)
 
     def _wait_for_delayed_step(self) -> None:
         """The previous step's round, optimizer step and parameter round end before this step's round begins:
