@@ -10,6 +10,7 @@
   (:mod:`crowdtrain.swarm.optimizer`).
 - ``donors.py``: state downloads that skip given donors (refused or banned peers).
 - ``link_aware.py``: :func:`plan_averaging`, this peer's share, groups, timeouts and compression
-  from measurements; built from ``groups.py`` (adaptive group sizes), ``timeouts.py`` (per-peer
+  from measurements; built from ``groups.py`` (adaptive group sizes), ``grid.py`` (Moshpit group keys
+  sized to the swarm), ``timeouts.py`` (per-peer
   timeouts within bounds) and ``link_compression.py`` (compression by uplink).
 """
