@@ -9,15 +9,20 @@ at once. Here, when this peer reads the swarm's progress:
   dropped and counted (:attr:`BoundedProgressTracker.rejected`, one log line each);
 - another peer's ``samples_accumulated`` counts at most ``max_peer_share`` x ``target_batch_size``
   (this peer's own samples always count in full, so a peer alone still completes its batches);
-- an epoch ends when the bounded count reaches the target (or the swarm moved on), not when the
-  throughput-based estimate says so: throughput is only a claim.
+- an epoch ends when the bounded count reaches the target, or the swarm moved on, or the count
+  extrapolated to now reaches it with every other peer's share still capped: each record's samples plus
+  its age times its claimed throughput, at most ``max_peer_share`` x the target per peer, plus this
+  peer's own samples as they are now (:func:`extrapolated_samples`). hivemind extrapolates without the
+  cap, so that one peer's throughput claim ends the epoch; waiting for published counts instead, which
+  peers refetch only every 0.5 s or more, made the swarm overshoot a target of 256 by ~60 samples
+  (318 vs 265 samples per global epoch; benchmarks/README.md, *Overhead against hivemind*).
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from hivemind.optim.progress_tracker import LocalTrainingProgress, ProgressTracker
 from hivemind.utils import ValueWithExpiration, get_dht_time
@@ -30,6 +35,7 @@ logger = logging.getLogger(__name__)
 class BoundedProgressTracker(ProgressTracker):
     def __init__(self, *args, max_peer_share: float, **kwargs):
         self.max_peer_share, self.rejected, self.clamped = max_peer_share, 0, 0
+        self._others: tuple[Claim, ...] = ()  # other peers' claims towards the global epoch, as last fetched
         super().__init__(*args, **kwargs)
 
     @property
@@ -38,14 +44,22 @@ class BoundedProgressTracker(ProgressTracker):
 
     @property
     def ready_to_update_epoch(self) -> bool:
-        return (self.global_epoch > self.local_progress.epoch
-                or self.global_progress.samples_accumulated >= self.target_batch_size)
+        if self.global_epoch > self.local_progress.epoch:
+            return True
+        if self.global_progress.samples_accumulated >= self.target_batch_size:
+            return True
+        own = self.local_progress.samples_accumulated if self.local_progress.epoch == self.global_epoch else 0
+        return own + extrapolated_samples(self._others, get_dht_time()) >= self.target_batch_size
 
     def _parse_swarm_progress_data(self, metadata: Any):
         if isinstance(metadata, dict):
             bounded = {subkey: self._bound(subkey, entry) for subkey, entry in metadata.items()}
             metadata = {subkey: entry for subkey, entry in bounded.items() if entry is not None}
-        return super()._parse_swarm_progress_data(metadata)
+        progress = super()._parse_swarm_progress_data(metadata)
+        others = metadata.items() if isinstance(metadata, dict) else ()
+        self._others = tuple(claims_towards(progress.epoch, (entry for subkey, entry in others
+                                                             if subkey != self._local_public_key), self.peer_cap))
+        return progress
 
     def _bound(self, subkey: Any, entry: Any) -> Optional[ValueWithExpiration]:
         result = bound_progress(entry, cap=None if subkey == self._local_public_key else self.peer_cap)
@@ -89,3 +103,33 @@ def bound_progress(entry: Any, cap: Optional[int], now: Optional[float] = None) 
         return Bounded(ValueWithExpiration(progress.dict(), entry.expiration_time))
     value = {**progress.dict(), "samples_accumulated": cap}
     return Bounded(ValueWithExpiration(value, entry.expiration_time), claimed=progress.samples_accumulated)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Another peer's published progress towards the global epoch, as this peer extrapolates it."""
+
+    samples: int
+    time: float
+    samples_per_second: float
+    cap: int
+
+    def at(self, now: float) -> float:
+        return min(self.cap, self.samples + max(0.0, now - self.time) * self.samples_per_second)
+
+
+def claims_towards(epoch: int, entries: Iterable[ValueWithExpiration], cap: int) -> list[Claim]:
+    """The (already bounded) records of peers at ``epoch``; client-mode peers included (they contribute)."""
+    claims = []
+    for entry in entries:
+        if entry.value is None:
+            continue
+        progress = LocalTrainingProgress.parse_obj(entry.value)
+        if progress.epoch == epoch:
+            claims.append(Claim(progress.samples_accumulated, progress.time, progress.samples_per_second, cap))
+    return claims
+
+
+def extrapolated_samples(claims: Iterable[Claim], now: float) -> float:
+    """Samples the other peers have accumulated by ``now`` if they kept their claimed pace, each capped."""
+    return sum(claim.at(now) for claim in claims)
