@@ -48,8 +48,10 @@ class BoundedProgressTracker(ProgressTracker):
             return True
         if self.global_progress.samples_accumulated >= self.target_batch_size:
             return True
-        own = self.local_progress.samples_accumulated if self.local_progress.epoch == self.global_epoch else 0
-        return own + extrapolated_samples(self._others, get_dht_time()) >= self.target_batch_size
+        epoch = self.local_progress.epoch  # claims fetched before this peer's last epoch update count no more
+        others = [claim for claim in self._others if claim.epoch == epoch]
+        return (self.local_progress.samples_accumulated + extrapolated_samples(others, get_dht_time())
+                >= self.target_batch_size)
 
     def _parse_swarm_progress_data(self, metadata: Any):
         if isinstance(metadata, dict):
@@ -109,6 +111,7 @@ def bound_progress(entry: Any, cap: Optional[int], now: Optional[float] = None) 
 class Claim:
     """Another peer's published progress towards the global epoch, as this peer extrapolates it."""
 
+    epoch: int
     samples: int
     time: float
     samples_per_second: float
@@ -126,7 +129,7 @@ def claims_towards(epoch: int, entries: Iterable[ValueWithExpiration], cap: int)
             continue
         progress = LocalTrainingProgress.parse_obj(entry.value)
         if progress.epoch == epoch:
-            claims.append(Claim(progress.samples_accumulated, progress.time, progress.samples_per_second, cap))
+            claims.append(Claim(epoch, progress.samples_accumulated, progress.time, progress.samples_per_second, cap))
     return claims
 
 
