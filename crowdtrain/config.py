@@ -432,7 +432,7 @@ class DemoDefaults:
 
     duration: float = 120.0
     epochs: Optional[int] = None
-    "Global epochs after which a standard-mode demo stops (the duration is then an upper bound); None: run the duration."
+    "Global epochs after which a standard-mode demo stops (the duration is then an upper bound); None: no such stop."
     profiles: tuple[VolunteerProfile, ...] = DEFAULT_DEMO_PROFILES
     hparams: Mapping[str, Any] = field(default_factory=dict)
     "Recipe hyper-parameters of the demo's run (over the recipe's defaults)."

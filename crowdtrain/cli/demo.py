@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"swav-tiny {demo_defaults('swav-tiny').duration:g}, an upper bound)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="stop once the swarm has made this many global epochs, whatever the machine's speed "
-                             f"(default: none; swav-tiny {demo_defaults('swav-tiny').epochs} in the standard mode); 0: run the whole duration")
+                             f"(default: none; swav-tiny {demo_defaults('swav-tiny').epochs} in the standard mode); "
+                             "0: run the whole duration")
     parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
                         help="number of volunteers (speeds and micro-batches cycle fast / medium / slow)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
