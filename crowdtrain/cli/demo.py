@@ -23,7 +23,11 @@ logger = logging.getLogger("crowdtrain.demo")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None,
                         help=f"seconds of training (default {demo_defaults(DemoConfig.recipe).duration:g}; "
-                             f"swav-tiny {demo_defaults('swav-tiny').duration:g})")
+                             f"swav-tiny {demo_defaults('swav-tiny').duration:g}, an upper bound)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="stop once the swarm has made this many global epochs, whatever the machine's speed "
+                             f"(default: none; swav-tiny {demo_defaults('swav-tiny').epochs} in the standard mode); "
+                             "0: run the whole duration")
     parser.add_argument("--volunteers", type=int, default=len(DEFAULT_DEMO_PROFILES),
                         help="number of volunteers (speeds and micro-batches cycle fast / medium / slow)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
@@ -49,7 +53,10 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         VolunteerProfile(name=f"{p.name}{i // len(cycle) or ''}", batch_size=p.batch_size, throttle=p.throttle)
         for i, p in ((i, cycle[i % len(cycle)]) for i in range(args.volunteers)))
     duration = defaults.duration if args.duration is None else args.duration
-    return DemoConfig(duration=duration, out_dir=args.out_dir, json_path=args.json_path,
+    # A recipe's default counts global steps of the standard mode; a diloco epoch is a whole outer round.
+    default_epochs = defaults.epochs if args.mode == "standard" else None
+    epochs = default_epochs if args.epochs is None else (args.epochs or None)
+    return DemoConfig(duration=duration, epochs=epochs, out_dir=args.out_dir, json_path=args.json_path,
                       plot_path=args.plot_path, recipe=args.recipe, target_batch_size=args.target_batch_size,
                       profiles=profiles, hparams=defaults.hparams, aggregator=defaults.aggregator,
                       mode=args.mode, inner_steps=args.inner_steps)
@@ -72,7 +79,8 @@ def _volunteer_args(profile: VolunteerProfile) -> list[str]:
 
 
 def _watch(config: DemoConfig, volunteers: list[PeerProcess], stop: StopSignal) -> float:
-    """Show live progress until the duration is over; returns seconds trained."""
+    """Show live progress until the duration is over or the swarm has made ``config.epochs`` global
+    epochs; returns seconds trained."""
     progress = ProgressLine(interval=5.0)
     started = time.monotonic()
     while not stop.event.wait(0.5):
@@ -82,6 +90,8 @@ def _watch(config: DemoConfig, volunteers: list[PeerProcess], stop: StopSignal) 
         history = read_history(config.out_dir / "history.jsonl")
         if history:
             status = history[-1]
+            if config.epochs is not None and status["global_epoch"] >= config.epochs:
+                break
             loss = "-" if status["loss"] is None else f"{status['loss']:.3f}"
             progress.update(f"[{elapsed:5.0f}/{config.duration:.0f} s] global epoch {status['global_epoch']} | "
                             f"peers {len(status['peers'])} | {status['samples_per_second']:.0f} samples/s | loss {loss}")
@@ -106,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info(f"coordinator up at {address}; starting {len(config.profiles)} volunteers")
         volunteers = [swarm.start_volunteer(p.name, [address], _volunteer_args(p)) for p in config.profiles]
         duration = _watch(config, volunteers, stop)
-        logger.info("time is up: volunteers evaluate and leave ...")
+        logger.info("training is over: volunteers evaluate and leave ...")
         swarm.stop_all(volunteers, timeout=60.0)
         swarm.stop(coordinator)
     if stop.event.is_set():
