@@ -105,6 +105,8 @@ def _averager_worker(args: argparse.Namespace) -> None:
         opts["compression"] = plan.compression
     opts.update(target_group_size=args.peers, min_group_size=args.peers)  # the benchmark times one whole group
     averager_type = ConsistentAverager if args.worker.startswith("crowdtrain") else hivemind.averaging.DecentralizedAverager
+    if averager_type is not ConsistentAverager:
+        opts.pop("swarm_size", None)  # the key grid is crowdtrain's; hivemind's averager does not take it
     averager = averager_type(
         [tensor], dht, start=True, prefix="bench", min_matchmaking_time=2.0, request_timeout=1.0,
         allreduce_timeout=ROUND_TIMEOUT, next_chunk_timeout=60.0, **opts)
