@@ -21,7 +21,8 @@ what an idle-communication swarm (training, no round due) sends per peer and sec
 status intervals, so that this share can be told apart. The coordinator's own sent bytes are reported
 separately (``coordinator_bytes_sent``), never added to the peers'.
 
-    sudo python benchmarks/bench_diloco.py --background 60 --background-status-intervals 0.5 5 1000
+    sudo python benchmarks/bench_diloco.py --background 60 --background-status-intervals 0.5 5 1000 \
+        --background-inner-steps 500
 
     sudo python benchmarks/bench_diloco.py --steps 200 --inner-steps 25 50 100 --eight-bit 50 --json out.json
 """
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +57,6 @@ DEFAULT_MICRO_BATCH = 8
 COORDINATOR = 0  # namespace index of the coordinator; volunteers are 1..peers
 COMMON = ["--matchmaking-time", "2", "--request-timeout", "0.5", "--averaging-timeout", "30",
           "--load-state-timeout", "30"]
-IDLE_INNER_STEPS = 10 ** 7  # --background: a round that never becomes due
 SAMPLES_RE = re.compile(r"\| (\d+) samples \|")  # a volunteer's progress line (crowdtrain/cli/join.py)
 
 
@@ -189,12 +190,13 @@ def run_swarm(net: NamespaceLinks, bench: Bench, scenario: Scenario, workdir: Pa
                   epochs=min(r["final_epoch"] for r in reports))
 
 
-def measure_background(net: NamespaceLinks, bench: Bench, seconds: float, workdir: Path, key: Path,
-                       run_dir: Path) -> dict[str, float]:
-    """Bytes per peer and second while the peers train in a round that never becomes due: everything a
-    DiLoCo peer sends between all-reduces (DHT, heartbeats, progress records, status reads it answers)."""
+def measure_background(net: NamespaceLinks, bench: Bench, seconds: float, inner_steps: int, workdir: Path,
+                       key: Path, run_dir: Path) -> dict[str, float]:
+    """Bytes per peer and second while the peers train within their first round of ``inner_steps``:
+    everything a DiLoCo peer sends between all-reduces (DHT, heartbeats, progress records, the status
+    reads it answers). ``rounds_closed`` must be 0 (else the window held an all-reduce)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    scenario = Scenario("background", ["--mode", "diloco", "--inner-steps", str(IDLE_INNER_STEPS)], max_epochs=1)
+    scenario = Scenario("background", ["--mode", "diloco", "--inner-steps", str(inner_steps)], max_epochs=1)
     coordinator, address = start_coordinator(net, bench, workdir, scenario, key, run_dir)
     volunteers: list[subprocess.Popen] = []
     try:
@@ -211,8 +213,10 @@ def measure_background(net: NamespaceLinks, bench: Bench, seconds: float, workdi
         stop(volunteers)
         stop([coordinator])
     peers = len(volunteers_of(net))
-    return {"status_interval": bench.status_interval, "seconds": seconds, "peers": peers,
-            "bytes_per_peer_per_second": sent / peers / seconds, "samples_logged": samples,
+    closed = sum(log.read_text(errors="replace").count("closed outer round") for log in logs)
+    return {"status_interval": bench.status_interval, "inner_steps": inner_steps, "seconds": seconds,
+            "peers": peers, "bytes_per_peer_per_second": sent / peers / seconds, "samples_logged": samples,
+            "bytes_per_sample": sent / max(1, samples), "rounds_closed": closed,
             "coordinator_bytes_per_second": coordinator_sent / seconds}
 
 
@@ -325,9 +329,12 @@ def main() -> None:
     parser.add_argument("--background", type=float, default=0.0, metavar="SECONDS",
                         help="instead of the scenarios: measure an idle-communication swarm for SECONDS")
     parser.add_argument("--background-status-intervals", type=float, nargs="*", default=[0.5, 5.0, 1000.0])
+    parser.add_argument("--background-inner-steps", type=int, default=500,
+                        help="H of the --background swarm (paces its progress records; no round may close)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the swarm, delete the namespaces
     args.batch_size = args.batch_size or MICRO_BATCH.get(args.recipe, DEFAULT_MICRO_BATCH)
     bench = Bench(recipe=args.recipe, batch_size=args.batch_size, status_interval=args.status_interval)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-diloco-"))
@@ -336,8 +343,9 @@ def main() -> None:
         prepare_run_dir(net, bench, workdir / "prepare", key, run_dir)
         if args.background:
             summary = {"recipe": args.recipe, "micro_batch": args.batch_size,
-                       "background": [measure_background(net, replace(bench, status_interval=interval),
-                                                         args.background, workdir / f"idle{index}", key, run_dir)
+                       "background": [measure_background(net, replace(bench, status_interval=interval), args.background,
+                                                         args.background_inner_steps, workdir / f"idle{index}",
+                                                         key, run_dir)
                                       for index, interval in enumerate(args.background_status_intervals)]}
             print(json.dumps(summary), flush=True)
         else:
