@@ -264,3 +264,17 @@ def test_progress_records_follow_every_step_of_a_short_round():
     for _ in range(3):
         driver.step()
     assert driver.tracker.reports[entered:] == [(0, 1), (0, 2), (0, 3)]
+
+
+def test_a_slow_peer_reports_at_least_every_few_seconds(monkeypatch):
+    from crowdtrain.swarm.keeper import LIVE_PROGRESS_AGE
+    assert diloco.REPORT_MAX_AGE <= LIVE_PROGRESS_AGE / 2  # its record never looks like a departed peer's
+    clock = [1000.0]
+    monkeypatch.setattr(diloco.time, "monotonic", lambda: clock[0])
+    driver, _ = scripted_driver(inner_steps=500)  # stride 25 steps
+    driver.tracker.global_progress.num_peers = 1
+    entered = len(driver.tracker.reports)
+    for _ in range(4):  # 4 steps of 2 s each: the first, then one once 5 s have passed since it
+        clock[0] += 2.0
+        driver.step()
+    assert driver.tracker.reports[entered:] == [(0, 1), (0, 4)]
