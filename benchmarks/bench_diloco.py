@@ -112,6 +112,17 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return found + [Scenario("allreduce every step (gloo)", allreduce=True)]
 
 
+def selected(found: list[Scenario], only: Optional[list[str]]) -> list[tuple[int, Scenario]]:
+    """(index, scenario) to run: all, or those whose name starts with one of ``only``, in that order
+    (so that a long invocation measures the rows that matter most first)."""
+    if not only:
+        return list(enumerate(found))
+    chosen: list[tuple[int, Scenario]] = []
+    for prefix in only:
+        chosen += [(i, s) for i, s in enumerate(found) if s.name.startswith(prefix) and (i, s) not in chosen]
+    return chosen
+
+
 def spawn(command: list[str], log: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -323,7 +334,7 @@ def main() -> None:
     parser.add_argument("--fp16", type=int, nargs="*", default=[50], help="H values also run with fp16 deltas")
     parser.add_argument("--error-feedback", type=int, nargs="*", default=[],
                         help="H values also run with 8-bit deltas and error feedback")
-    parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these")
+    parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these, in this order")
     parser.add_argument("--status-interval", type=float, default=5.0,
                         help="seconds between the coordinator's status reads (the coordinator's default: 5)")
     parser.add_argument("--background", type=float, default=0.0, metavar="SECONDS",
@@ -360,9 +371,7 @@ def run_scenarios(net: NamespaceLinks, bench: Bench, args: argparse.Namespace, w
     initial = evaluate(recipe)
     print(json.dumps({"initial_evaluation": initial}), flush=True)
     results = []
-    for index, scenario in enumerate(scenarios(args)):
-        if args.only and not any(scenario.name.startswith(p) for p in args.only):
-            continue
+    for index, scenario in selected(scenarios(args), args.only):
         target = workdir / f"s{index}"
         result = (run_allreduce(net, bench, args.steps, target, run_dir, recipe) if scenario.allreduce
                   else run_swarm(net, bench, scenario, target, key, run_dir, recipe))
