@@ -9,11 +9,20 @@ records, matchmaking, all-reduce, state downloads), never computed from tensor s
 - diloco H: ``--mode diloco --inner-steps H`` (fp32 deltas), and one H with 8-bit deltas;
 - allreduce: ``allreduce_worker.py``, torch.distributed gloo all-reduce of the gradients every step.
 
-Each scenario trains ``--peers`` peers of micro-batch 8 for about ``--steps`` steps per peer (the
-run stops at the max_epochs that corresponds), then the exported model's held-out masked-LM loss is
-evaluated here, by the same code for all. Bytes per sample are taken over the steady state: from the
+Each scenario trains ``--peers`` peers of the recipe's micro-batch (``--recipe``: albert-tiny 8,
+swav-tiny 64, its demo's) for about ``--steps`` steps per peer (the run stops at the max_epochs that
+corresponds), then the exported model is evaluated here by the recipe's own held-out evaluation, the
+same code for all scenarios (albert-tiny: masked-LM loss among its scores; swav-tiny: k-NN accuracy). Bytes per sample are taken over the steady state: from the
 first coordinator status where every peer is present at epoch >= 1 to the first at the final epoch
-(join and the end-of-run state exchange excluded; whole-run figures are printed too).
+(join and the end-of-run state exchange excluded; whole-run figures are printed too). The coordinator
+reads the swarm's status every ``--status-interval`` seconds (a real coordinator's default: 5): those
+reads are answered by the volunteers, so they are in the volunteers' bytes; ``--background`` measures
+what an idle-communication swarm (training, no round due) sends per peer and second for several
+status intervals, so that this share can be told apart. The coordinator's own sent bytes are reported
+separately (``coordinator_bytes_sent``), never added to the peers'.
+
+    sudo python benchmarks/bench_diloco.py --background 60 --background-status-intervals 0.5 5 1000 \
+        --background-inner-steps 500
 
     sudo python benchmarks/bench_diloco.py --steps 200 --inner-steps 25 50 100 --eight-bit 50 --json out.json
 """
@@ -22,11 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -39,11 +50,24 @@ from crowdtrain.swarm.status import read_history
 from crowdtrain.testing.local_swarm import ADDRESS_RE
 from crowdtrain.testing.netns import Link, NamespaceLinks
 from crowdtrain.trainers import get_recipe
+from crowdtrain.trainers.base import Recipe
 
-BATCH = 8
+MICRO_BATCH = {"swav-tiny": 64}  # per-micro-batch Sinkhorn codes and batch norm need >= 64 images (config.py)
+DEFAULT_MICRO_BATCH = 8
 COORDINATOR = 0  # namespace index of the coordinator; volunteers are 1..peers
 COMMON = ["--matchmaking-time", "2", "--request-timeout", "0.5", "--averaging-timeout", "30",
-          "--load-state-timeout", "30", "--log-interval", "0.5"]
+          "--load-state-timeout", "30"]
+SAMPLES_RE = re.compile(r"\| (\d+) samples \|")  # a volunteer's progress line (crowdtrain/cli/join.py)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every scenario of one invocation shares."""
+
+    recipe: str
+    batch_size: int
+    status_interval: float
+    "Seconds between the coordinator's reads of the swarm status."
 
 
 @dataclass
@@ -64,13 +88,16 @@ class Result:
     bytes_per_sample: float = 0.0
     "Steady state: bytes all peers sent / samples they processed, over the window."
     whole_run_bytes_per_sample: float = 0.0
-    heldout_loss: float = 0.0
+    coordinator_bytes_sent: int = 0
+    "The coordinator's own sent bytes over the whole run (not in the peers' figures)."
+    evaluation: dict[str, float] = field(default_factory=dict)
+    "The recipe's held-out evaluation of the final model: its metric and extra scores, by name."
     seconds: float = 0.0
     epochs: int = 0
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    total = args.peers * BATCH * args.steps
+    total = args.peers * args.batch_size * args.steps
     found = [Scenario("standard", ["--mode", "standard", "--target-batch-size", str(args.target_batch_size)],
                       max_epochs=total // args.target_batch_size)]
     found += [Scenario(f"diloco H={h}", ["--mode", "diloco", "--inner-steps", str(h)], max_epochs=args.steps // h)
@@ -83,6 +110,17 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                                                   "--error-feedback"], max_epochs=args.steps // h)
               for h in args.error_feedback]
     return found + [Scenario("allreduce every step (gloo)", allreduce=True)]
+
+
+def selected(found: list[Scenario], only: Optional[list[str]]) -> list[tuple[int, Scenario]]:
+    """(index, scenario) to run: all, or those whose name starts with one of ``only``, in that order
+    (so that a long invocation measures the rows that matter most first)."""
+    if not only:
+        return list(enumerate(found))
+    chosen: list[tuple[int, Scenario]] = []
+    for prefix in only:
+        chosen += [(i, s) for i, s in enumerate(found) if s.name.startswith(prefix) and (i, s) not in chosen]
+    return chosen
 
 
 def spawn(command: list[str], log: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
@@ -104,13 +142,14 @@ def stop(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait(10)
 
 
-def start_coordinator(net: NamespaceLinks, workdir: Path, scenario: Scenario, key: Path,
+def start_coordinator(net: NamespaceLinks, bench: Bench, workdir: Path, scenario: Scenario, key: Path,
                       run_dir: Path) -> tuple[subprocess.Popen, str]:
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "coordinator.log"
     command = [*net.exec_argv(COORDINATOR, [sys.executable]), "-m", "crowdtrain", "coordinator",
                "--host", net.address(COORDINATOR), "--no-port-mapping",
                "--identity", str(key), "--run-dir", str(run_dir), "--history", str(workdir / "history.jsonl"),
+               "--recipe", bench.recipe, "--log-interval", str(bench.status_interval),
                "--max-epochs", str(scenario.max_epochs), *COMMON, *scenario.coordinator_args]
     process = spawn(command, log)
     deadline = time.monotonic() + 300
@@ -124,18 +163,26 @@ def start_coordinator(net: NamespaceLinks, workdir: Path, scenario: Scenario, ke
     raise RuntimeError("coordinator printed no address")
 
 
-def run_swarm(net: NamespaceLinks, scenario: Scenario, workdir: Path, key: Path, run_dir: Path, recipe) -> Result:
-    workdir.mkdir(parents=True, exist_ok=True)
-    coordinator, address = start_coordinator(net, workdir, scenario, key, run_dir)
+def start_volunteers(net: NamespaceLinks, bench: Bench, address: str, workdir: Path) -> list[subprocess.Popen]:
     volunteers = []
+    for i in volunteers_of(net):
+        command = [*net.exec_argv(i, [sys.executable]), "-m", "crowdtrain", "join", address, "--host", net.address(i),
+                   "--no-port-mapping", "--name", f"p{i}", "--batch-size", str(bench.batch_size),
+                   "--identity", str(Identity.temporary().path), "--report", str(workdir / f"p{i}.json"),
+                   "--export", str(workdir / f"p{i}.pt")]
+        volunteers.append(spawn(command, workdir / f"p{i}.log"))
+    return volunteers
+
+
+def run_swarm(net: NamespaceLinks, bench: Bench, scenario: Scenario, workdir: Path, key: Path, run_dir: Path,
+              recipe: Recipe) -> Result:
+    workdir.mkdir(parents=True, exist_ok=True)
+    coordinator_before = net.total_sent([COORDINATOR])
+    coordinator, address = start_coordinator(net, bench, workdir, scenario, key, run_dir)
+    volunteers: list[subprocess.Popen] = []
     started, before = time.monotonic(), net.total_sent(volunteers_of(net))
     try:
-        for i in volunteers_of(net):
-            command = [*net.exec_argv(i, [sys.executable]), "-m", "crowdtrain", "join", address, "--host", net.address(i),
-                       "--no-port-mapping", "--name", f"p{i}", "--batch-size", str(BATCH),
-                       "--identity", str(Identity.temporary().path), "--report", str(workdir / f"p{i}.json"),
-                       "--export", str(workdir / f"p{i}.pt")]
-            volunteers.append(spawn(command, workdir / f"p{i}.log"))
+        volunteers = start_volunteers(net, bench, address, workdir)
         window = watch_window(net, workdir / "history.jsonl", scenario.max_epochs, volunteers)
         for v in volunteers:
             v.wait(timeout=180)
@@ -149,8 +196,57 @@ def run_swarm(net: NamespaceLinks, scenario: Scenario, workdir: Path, key: Path,
                   window_bytes_sent=bytes_end - bytes_start,
                   bytes_per_sample=(bytes_end - bytes_start) / max(1, samples_end - samples_start),
                   whole_run_bytes_per_sample=(net.total_sent(volunteers_of(net)) - before) / max(1, samples),
-                  heldout_loss=heldout_loss(recipe, workdir / "p1.pt"), seconds=time.monotonic() - started,
+                  coordinator_bytes_sent=net.total_sent([COORDINATOR]) - coordinator_before,
+                  evaluation=evaluate(recipe, workdir / "p1.pt"), seconds=time.monotonic() - started,
                   epochs=min(r["final_epoch"] for r in reports))
+
+
+def measure_background(net: NamespaceLinks, bench: Bench, seconds: float, inner_steps: int, workdir: Path,
+                       key: Path, run_dir: Path) -> dict[str, float]:
+    """Bytes per peer and second while the peers train within their first round of ``inner_steps``:
+    everything a DiLoCo peer sends between all-reduces (DHT, heartbeats, progress records, the status
+    reads it answers). ``rounds_closed`` must be 0 (else the window held an all-reduce)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario = Scenario("background", ["--mode", "diloco", "--inner-steps", str(inner_steps)], max_epochs=1)
+    coordinator, address = start_coordinator(net, bench, workdir, scenario, key, run_dir)
+    volunteers: list[subprocess.Popen] = []
+    try:
+        volunteers = start_volunteers(net, bench, address, workdir)
+        logs = [workdir / f"p{i}.log" for i in volunteers_of(net)]
+        wait_until_training(logs, volunteers)
+        bytes_start, coordinator_start = net.total_sent(volunteers_of(net)), net.total_sent([COORDINATOR])
+        samples_start = sum(logged_samples(log) for log in logs)
+        time.sleep(seconds)
+        sent = net.total_sent(volunteers_of(net)) - bytes_start
+        coordinator_sent = net.total_sent([COORDINATOR]) - coordinator_start
+        samples = sum(logged_samples(log) for log in logs) - samples_start
+    finally:
+        stop(volunteers)
+        stop([coordinator])
+    peers = len(volunteers_of(net))
+    closed = sum(log.read_text(errors="replace").count("closed outer round") for log in logs)
+    return {"status_interval": bench.status_interval, "inner_steps": inner_steps, "seconds": seconds,
+            "peers": peers, "bytes_per_peer_per_second": sent / peers / seconds, "samples_logged": samples,
+            "bytes_per_sample": sent / max(1, samples), "rounds_closed": closed,
+            "coordinator_bytes_per_second": coordinator_sent / seconds}
+
+
+def wait_until_training(logs: list[Path], volunteers: list[subprocess.Popen], timeout: float = 600) -> None:
+    """Until every volunteer has logged a progress line with samples (the status may not be polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(logged_samples(log) > 0 for log in logs):
+            return
+        if any(v.poll() is not None for v in volunteers):
+            raise RuntimeError("a volunteer exited before training")
+        time.sleep(1.0)
+    raise RuntimeError("the volunteers did not start training")
+
+
+def logged_samples(log: Path) -> int:
+    """Samples in a volunteer's last progress line (0 before the first)."""
+    found = SAMPLES_RE.findall(log.read_text(errors="replace")) if log.exists() else []
+    return int(found[-1]) if found else 0
 
 
 def watch_window(net: NamespaceLinks, history: Path, max_epochs: int,
@@ -175,15 +271,16 @@ def watch_window(net: NamespaceLinks, history: Path, max_epochs: int,
     raise RuntimeError("the run did not reach its final epoch")
 
 
-def run_allreduce(net: NamespaceLinks, steps: int, workdir: Path, run_dir: Path, recipe) -> Result:
+def run_allreduce(net: NamespaceLinks, bench: Bench, steps: int, workdir: Path, run_dir: Path,
+                  recipe: Recipe) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
     ranks = volunteers_of(net)
     before = net.total_sent(ranks)
     started = time.monotonic()
     workers = [spawn([*net.exec_argv(i, [sys.executable]), str(Path(__file__).parent / "allreduce_worker.py"),
                       "--rank", str(rank), "--world-size", str(len(ranks)), "--master", f"{net.address(ranks[0])}:29533",
-                      "--run-dir", str(run_dir), "--steps", str(steps), "--batch-size", str(BATCH),
-                      *(["--export", str(workdir / "p1.pt")] if rank == 0 else [])], workdir / f"rank{rank}.log",
+                      "--run-dir", str(run_dir), "--steps", str(steps), "--batch-size", str(bench.batch_size),
+                      *(["--export", str(workdir / "p0.pt")] if rank == 0 else [])], workdir / f"rank{rank}.log",
                      env={"GLOO_SOCKET_IFNAME": net.interface(i)})
                for rank, i in enumerate(ranks)]
     try:
@@ -192,11 +289,11 @@ def run_allreduce(net: NamespaceLinks, steps: int, workdir: Path, run_dir: Path,
         stop(workers)
     if any(codes):
         raise RuntimeError(f"all-reduce workers failed: {codes}; see {workdir}")
-    samples = len(ranks) * BATCH * steps
+    samples = len(ranks) * bench.batch_size * steps
     sent = net.total_sent(ranks) - before
     return Result(scenario="allreduce every step (gloo)", samples=samples, window_samples=samples,
                   window_bytes_sent=sent, bytes_per_sample=sent / samples, whole_run_bytes_per_sample=sent / samples,
-                  heldout_loss=heldout_loss(recipe, workdir / "p0.pt"), seconds=time.monotonic() - started,
+                  evaluation=evaluate(recipe, workdir / "p0.pt"), seconds=time.monotonic() - started,
                   epochs=steps)
 
 
@@ -204,57 +301,85 @@ def volunteers_of(net: NamespaceLinks) -> list[int]:
     return [i for i in range(len(net.links)) if i != COORDINATOR]
 
 
-def heldout_loss(recipe, export: Path) -> float:
+def evaluate(recipe: Recipe, export: Optional[Path] = None) -> dict[str, float]:
+    """The recipe's held-out evaluation of an exported model (None: the initial model), flattened."""
     model = recipe.build_model()
-    model.load_state_dict(torch.load(export))
-    return recipe.evaluate_loss(model)
+    if export is not None:
+        model.load_state_dict(torch.load(export))
+    result = recipe.evaluate(model)
+    return {result.metric: result.value, **result.extra}
 
 
-def load_recipe(run_dir: Path):
+def load_recipe(run_dir: Path) -> Recipe:
     run = RunConfig.from_dict(json.loads((run_dir / "run.json").read_text()))
     return get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / "assets.bin").read_bytes())
 
 
-def prepare_run_dir(net: NamespaceLinks, workdir: Path, key: Path, run_dir: Path) -> None:
+def prepare_run_dir(net: NamespaceLinks, bench: Bench, workdir: Path, key: Path, run_dir: Path) -> None:
     """Start a coordinator once so that the run directory (recipe, tokenizer) exists; later ones resume it."""
-    process, _ = start_coordinator(net, workdir, Scenario("prepare"), key, run_dir)
+    process, _ = start_coordinator(net, bench, workdir, Scenario("prepare"), key, run_dir)
     stop([process])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="albert-tiny")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"micro-batch per step (default: {DEFAULT_MICRO_BATCH}, swav-tiny {MICRO_BATCH['swav-tiny']})")
     parser.add_argument("--peers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=200, help="steps per peer (x micro-batch 8 x peers = samples)")
+    parser.add_argument("--steps", type=int, default=200, help="steps per peer (x micro-batch x peers = samples)")
     parser.add_argument("--target-batch-size", type=int, default=128, help="standard mode's global batch")
     parser.add_argument("--inner-steps", type=int, nargs="*", default=[25, 50, 100])
     parser.add_argument("--eight-bit", type=int, nargs="*", default=[50], help="H values also run with 8-bit deltas")
     parser.add_argument("--fp16", type=int, nargs="*", default=[50], help="H values also run with fp16 deltas")
     parser.add_argument("--error-feedback", type=int, nargs="*", default=[],
                         help="H values also run with 8-bit deltas and error feedback")
-    parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these")
+    parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these, in this order")
+    parser.add_argument("--status-interval", type=float, default=5.0,
+                        help="seconds between the coordinator's status reads (the coordinator's default: 5)")
+    parser.add_argument("--background", type=float, default=0.0, metavar="SECONDS",
+                        help="instead of the scenarios: measure an idle-communication swarm for SECONDS")
+    parser.add_argument("--background-status-intervals", type=float, nargs="*", default=[0.5, 5.0, 1000.0])
+    parser.add_argument("--background-inner-steps", type=int, default=500,
+                        help="H of the --background swarm (paces its progress records; no round may close)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the swarm, delete the namespaces
+    args.batch_size = args.batch_size or MICRO_BATCH.get(args.recipe, DEFAULT_MICRO_BATCH)
+    bench = Bench(recipe=args.recipe, batch_size=args.batch_size, status_interval=args.status_interval)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-diloco-"))
     key, run_dir = workdir / "coordinator.key", workdir / "run"
-    results = []
     with NamespaceLinks([Link()] * (args.peers + 1)) as net:
-        prepare_run_dir(net, workdir / "prepare", key, run_dir)
-        recipe = load_recipe(run_dir)
-        initial = recipe.evaluate_loss(recipe.build_model())
-        print(json.dumps({"initial_heldout_loss": initial}), flush=True)
-        for index, scenario in enumerate(scenarios(args)):
-            if args.only and not any(scenario.name.startswith(p) for p in args.only):
-                continue
-            target = workdir / f"s{index}"
-            result = (run_allreduce(net, args.steps, target, run_dir, recipe) if scenario.allreduce
-                      else run_swarm(net, scenario, target, key, run_dir, recipe))
-            results.append(result)
-            print(json.dumps(asdict(result)), flush=True)
-    summary = {"peers": args.peers, "steps": args.steps, "micro_batch": BATCH, "initial_heldout_loss": initial,
-               "results": [asdict(r) for r in results]}
+        prepare_run_dir(net, bench, workdir / "prepare", key, run_dir)
+        if args.background:
+            summary = {"recipe": args.recipe, "micro_batch": args.batch_size,
+                       "background": [measure_background(net, replace(bench, status_interval=interval), args.background,
+                                                         args.background_inner_steps, workdir / f"idle{index}",
+                                                         key, run_dir)
+                                      for index, interval in enumerate(args.background_status_intervals)]}
+            print(json.dumps(summary), flush=True)
+        else:
+            summary = run_scenarios(net, bench, args, workdir, key, run_dir)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
+
+
+def run_scenarios(net: NamespaceLinks, bench: Bench, args: argparse.Namespace, workdir: Path, key: Path,
+                  run_dir: Path) -> dict:
+    recipe = load_recipe(run_dir)
+    initial = evaluate(recipe)
+    print(json.dumps({"initial_evaluation": initial}), flush=True)
+    results = []
+    for index, scenario in selected(scenarios(args), args.only):
+        target = workdir / f"s{index}"
+        result = (run_allreduce(net, bench, args.steps, target, run_dir, recipe) if scenario.allreduce
+                  else run_swarm(net, bench, scenario, target, key, run_dir, recipe))
+        results.append(result)
+        print(json.dumps(asdict(result)), flush=True)
+    return {"recipe": bench.recipe, "peers": args.peers, "steps": args.steps, "micro_batch": bench.batch_size,
+            "status_interval": bench.status_interval, "initial_evaluation": initial,
+            "results": [asdict(r) for r in results]}
 
 
 if __name__ == "__main__":

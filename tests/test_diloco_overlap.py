@@ -244,3 +244,37 @@ def test_no_new_round_while_hivemind_may_still_run_a_cancelled_one():
     driver.averager.rounds[0].wound_down = True
     driver.step()
     assert len(driver.averager.rounds) == 2
+
+
+def test_progress_records_are_paced_to_a_twentieth_of_the_round():
+    assert [diloco.report_stride(h) for h in (1, 25, 39, 40, 100, 500)] == [1, 1, 1, 2, 5, 25]
+    driver, _ = scripted_driver(inner_steps=100)  # every step closes nothing: the round needs 100 x 2 peers
+    driver.tracker.global_progress.num_peers = 1  # (no split check, no round before 100 steps)
+    entered = len(driver.tracker.reports)
+    for _ in range(12):
+        driver.step()
+    # the first step of the round, then every 5th: steps 1, 6, 11 (one record per step before)
+    assert driver.tracker.reports[entered:] == [(0, 1), (0, 6), (0, 11)]
+
+
+def test_progress_records_follow_every_step_of_a_short_round():
+    driver, _ = scripted_driver(inner_steps=30)
+    driver.tracker.global_progress.num_peers = 1
+    entered = len(driver.tracker.reports)
+    for _ in range(3):
+        driver.step()
+    assert driver.tracker.reports[entered:] == [(0, 1), (0, 2), (0, 3)]
+
+
+def test_a_slow_peer_reports_at_least_every_few_seconds(monkeypatch):
+    from crowdtrain.swarm.keeper import LIVE_PROGRESS_AGE
+    assert diloco.REPORT_MAX_AGE <= LIVE_PROGRESS_AGE / 2  # its record never looks like a departed peer's
+    clock = [1000.0]
+    monkeypatch.setattr(diloco.time, "monotonic", lambda: clock[0])
+    driver, _ = scripted_driver(inner_steps=500)  # stride 25 steps
+    driver.tracker.global_progress.num_peers = 1
+    entered = len(driver.tracker.reports)
+    for _ in range(4):  # 4 steps of 2 s each: the first, then one once 5 s have passed since it
+        clock[0] += 2.0
+        driver.step()
+    assert driver.tracker.reports[entered:] == [(0, 1), (0, 4)]

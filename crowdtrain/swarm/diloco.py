@@ -48,6 +48,20 @@ FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progres
 TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
 PROGRESS_TTL = 20.0  # a departed peer stops counting after this long (hivemind: 60); a peer that saw
 # another one more recently never takes an outer step alone
+REPORTS_PER_ROUND = 20  # progress records a peer stores per round of H inner steps (at most one per step)
+REPORT_MAX_AGE = 5.0  # ... and at least one per this many seconds: readers take a record whose time is older
+# than 15 s (swarm.keeper.LIVE_PROGRESS_AGE) for a departed peer's, and hivemind's refresh keeps that time
+
+
+def report_stride(inner_steps: int) -> int:
+    """Inner steps between two of this peer's progress records.
+
+    Every record is a signed DHT store replicated to several peers; one per inner step made the
+    records most of what a DiLoCo peer sends between rounds at large H. Others extrapolate a record
+    by its throughput until the next one, and the count lags by less than 1/REPORTS_PER_ROUND of the
+    round, so a round closes at most that late; below 2 x REPORTS_PER_ROUND steps every step is reported.
+    A peer also reports after ``REPORT_MAX_AGE`` seconds, whatever the stride (see ``_report_due``)."""
+    return max(1, inner_steps // REPORTS_PER_ROUND)
 
 
 class DiLoCoOptimizer:
@@ -123,7 +137,9 @@ class DiLoCoOptimizer:
             self._epoch_entered = self._enter_epoch(wait=False)
             if not self._epoch_entered:
                 return  # the swarm still sees this peer's closed round; the steps made since count once it is in
-        self.tracker.report_local_progress(self.local_epoch, self.round_steps)
+        if self._report_due():
+            self.tracker.report_local_progress(self.local_epoch, self.round_steps)
+            self._reported = (self.local_epoch, self.round_steps, time.monotonic())
         if self._split_check is None and self._split_check_at is not None and time.monotonic() >= self._split_check_at:
             self._split_check = self.averager.request_declared_priorities()  # a DHT read: not on this thread
         if self._split_check is not None and self._split_check.done():
@@ -172,6 +188,12 @@ class DiLoCoOptimizer:
     def shutdown(self) -> None:
         self.tracker.shutdown()
         self.averager.shutdown()
+
+    def _report_due(self) -> bool:
+        """A new round, ``report_stride`` steps or ``REPORT_MAX_AGE`` seconds since this round's last record."""
+        epoch, steps, at = self._reported
+        return (epoch != self.local_epoch or time.monotonic() - at >= REPORT_MAX_AGE
+                or not 0 <= self.round_steps - steps < report_stride(self.config.inner_steps))
 
     def _round_due(self) -> bool:
         """The swarm made H steps per live peer (counted, or extrapolated by the tracker for this very
@@ -293,6 +315,7 @@ class DiLoCoOptimizer:
         self.outer.copy_to(self.params)
         self.round_steps = self.round_samples = 0
         self.round_started = time.monotonic()
+        self._reported = (-1, 0, 0.0)  # (epoch, round steps, monotonic time) of this peer's last progress record
         self._epoch_entered = self._enter_epoch()
 
     def _enter_epoch(self, wait: bool = True) -> bool:
