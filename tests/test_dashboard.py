@@ -64,14 +64,15 @@ def ok(url: str, path: str) -> Any:
     return body
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(check: Callable[[], Any], timeout: float, what: str, last: Callable[[], Any] = lambda: None) -> Any:
+    """``check()``'s first truthy result within ``timeout``; on time-out, the error shows ``last()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last seen: {last()}")
 
 
 @pytest.fixture(scope="module")
@@ -187,12 +188,16 @@ def test_browser_page_updates_live_and_lists_every_volunteer(training, browser):
 
 
 def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
+    seen = []
+
     def averaged_everyone():
         peers = ok(training.url, "/api/peers")["peers"]
+        seen[:] = [{k: p.get(k) for k in ("name", "epoch", "samples", "samples_averaged", "averaging_rounds")}
+                   for p in peers]
         # a peer's first global step may come before the other joins (a step alone counts as averaged)
         rounds = all(p["samples_averaged"] > 0 and p["averaging_rounds"] >= 1 for p in peers)
         return peers if len(peers) == 2 and rounds else None
-    peers = wait_until(averaged_everyone, 90, "both volunteers to complete an averaging round")
+    peers = wait_until(averaged_everyone, 90, "both volunteers to complete an averaging round", lambda: seen)
     assert {p["name"] for p in peers} == set(VOLUNTEERS) and all(p["online"] for p in peers)
     assert sum(p["share"] for p in peers) == pytest.approx(1.0, abs=1e-3)
     assert all(p["samples_averaged"] <= p["samples"] + BATCH and p["averaging_rounds"] >= 1 for p in peers)
