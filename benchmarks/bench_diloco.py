@@ -100,16 +100,20 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     total = args.peers * args.batch_size * args.steps
     found = [Scenario("standard", ["--mode", "standard", "--target-batch-size", str(args.target_batch_size)],
                       max_epochs=total // args.target_batch_size)]
-    found += [Scenario(f"diloco H={h}", ["--mode", "diloco", "--inner-steps", str(h)], max_epochs=args.steps // h)
-              for h in args.inner_steps]
-    found += [Scenario(f"diloco H={h} 8-bit", ["--mode", "diloco", "--inner-steps", str(h), "--compression", "8bit"],
-                       max_epochs=args.steps // h) for h in args.eight_bit]
-    found += [Scenario(f"diloco H={h} fp16", ["--mode", "diloco", "--inner-steps", str(h), "--compression", "fp16"],
-                       max_epochs=args.steps // h) for h in args.fp16]
-    found += [Scenario(f"diloco H={h} 8-bit+EF", ["--mode", "diloco", "--inner-steps", str(h), "--compression", "8bit",
-                                                  "--error-feedback"], max_epochs=args.steps // h)
-              for h in args.error_feedback]
+    variants = [("", [], args.inner_steps), (" 8-bit", ["--compression", "8bit"], args.eight_bit),
+                (" fp16", ["--compression", "fp16"], args.fp16),
+                (" 8-bit+EF", ["--compression", "8bit", "--error-feedback"], args.error_feedback)]
+    found += [Scenario(f"diloco H={h}{suffix}", [*diloco_args(args, h), *extra], max_epochs=args.steps // h)
+              for suffix, extra, values in variants for h in values]
     return found + [Scenario("allreduce every step (gloo)", allreduce=True)]
+
+
+def diloco_args(args: argparse.Namespace, inner_steps: int) -> list[str]:
+    """The coordinator's diloco options; the outer optimizer's only where given (else the run's defaults)."""
+    outer = [("--outer-lr", args.outer_lr), ("--outer-momentum", args.outer_momentum)]
+    return ["--mode", "diloco", "--inner-steps", str(inner_steps),
+            *(item for flag, value in outer if value is not None for item in (flag, str(value))),
+            *([] if args.nesterov else ["--no-nesterov"])]
 
 
 def selected(found: list[Scenario], only: Optional[list[str]]) -> list[tuple[int, Scenario]]:
@@ -334,6 +338,11 @@ def main() -> None:
     parser.add_argument("--fp16", type=int, nargs="*", default=[50], help="H values also run with fp16 deltas")
     parser.add_argument("--error-feedback", type=int, nargs="*", default=[],
                         help="H values also run with 8-bit deltas and error feedback")
+    parser.add_argument("--outer-lr", type=float, default=None, help="diloco scenarios' outer lr (default: the run's)")
+    parser.add_argument("--outer-momentum", type=float, default=None,
+                        help="diloco scenarios' outer momentum (default: the run's)")
+    parser.add_argument("--no-nesterov", dest="nesterov", action="store_false",
+                        help="diloco scenarios: plain outer momentum")
     parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these, in this order")
     parser.add_argument("--status-interval", type=float, default=5.0,
                         help="seconds between the coordinator's status reads (the coordinator's default: 5)")
