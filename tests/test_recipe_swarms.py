@@ -5,7 +5,6 @@ must reach at least what one peer reaches alone with the same samples and the sa
 schedule, up to the evaluation's noise (``NOISE``: one standard error of the held-out estimate)."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -13,6 +12,7 @@ from typing import Any, Mapping, Optional
 import pytest
 import torch
 
+from crowdtrain.cli.demo import run_overrides
 from crowdtrain.config import demo_defaults
 from crowdtrain.swarm.summary import load_reports
 from crowdtrain.trainers import get_recipe
@@ -68,8 +68,7 @@ def test_two_peer_swarm_reaches_what_one_peer_reaches(local_swarm, tmp_path, rec
     coordinator, address = local_swarm.start_coordinator([
         "--recipe", recipe, "--target-batch-size", str(regime.target_batch), "--max-epochs", str(regime.epochs),
         "--matchmaking-time", "2", "--request-timeout", "0.5", "--averaging-timeout", "30",
-        *(arg for key, value in regime.hparams.items() for arg in ("--hparam", f"{key}={json.dumps(value)}")),
-        *(["--aggregator", regime.aggregator] if regime.aggregator else []),
+        *run_overrides(regime.hparams, regime.aggregator),
         "--run-dir", str(tmp_path / "run")], timeout=300)
     volunteers = [local_swarm.start_volunteer(name, [address], ["--batch-size", str(regime.micro_batch), "--evaluate"])
                   for name in ("a", "b")]

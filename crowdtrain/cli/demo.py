@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, Mapping, Optional
 
 from crowdtrain.cli.common import StopSignal, setup_logging
 from crowdtrain.config import DEFAULT_DEMO_PROFILES, RUN_MODES, DemoConfig, VolunteerProfile, demo_defaults
@@ -69,8 +70,13 @@ def _coordinator_args(config: DemoConfig) -> list[str]:
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
             "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl"),
             "--mode", config.mode, "--inner-steps", str(config.inner_steps),
-            *(arg for key, value in config.hparams.items() for arg in ("--hparam", f"{key}={json.dumps(value)}")),
-            *(["--aggregator", config.aggregator] if config.aggregator else [])]
+            *run_overrides(config.hparams, config.aggregator)]
+
+
+def run_overrides(hparams: Mapping[str, Any], aggregator: Optional[str]) -> list[str]:
+    """Coordinator flags for recipe hyper-parameters over the recipe's defaults and, if given, an aggregator."""
+    return [*(arg for key, value in hparams.items() for arg in ("--hparam", f"{key}={json.dumps(value)}")),
+            *(["--aggregator", aggregator] if aggregator else [])]
 
 
 def _volunteer_args(profile: VolunteerProfile) -> list[str]:
