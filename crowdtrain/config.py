@@ -342,7 +342,9 @@ class CoordinatorConfig:
     run_dir: Optional[Path] = None
     "Where the run's configuration and assets are kept so a restart continues the same run."
     log_interval: float = 5.0
-    republish_interval: float = 20.0
+    republish_interval: float = 60.0
+    """Seconds between re-stores of the run's records (their DHT lifetime is 300 s); a failed store is retried at the
+    next status line. At 20 s the re-stores of the asset chunks were a quarter of a quiet swarm's DHT traffic."""
     dashboard: Optional[DashboardConfig] = None
     "Serve the run's dashboard (None: no dashboard)."
     private: bool = False

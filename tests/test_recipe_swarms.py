@@ -17,7 +17,7 @@ from crowdtrain.config import demo_defaults
 from crowdtrain.swarm.summary import load_reports
 from crowdtrain.trainers import get_recipe
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,11 @@ class Regime:
 
 REGIMES = {
     "albert-tiny": Regime(epochs=60, target_batch=64, micro_batch=16),
-    # SwAV's Sinkhorn codes and batch norm need micro-batches of 64 and ~175 global steps to learn
-    # (the swav-tiny demo's regime: crowdtrain.config.DEMO_DEFAULTS_BY_RECIPE, benchmarks/README.md).
-    "swav-tiny": Regime(epochs=175, target_batch=256, micro_batch=64, hparams=demo_defaults("swav-tiny").hparams,
+    # SwAV's Sinkhorn codes and batch norm need micro-batches of 64 (the swav-tiny demo's regime:
+    # crowdtrain.config.DEMO_DEFAULTS_BY_RECIPE). Learning sets in between ~100 and ~225 global steps
+    # depending on the data order, so at the demo's 175 steps one peer alone read 0.25-0.53 by seed; by
+    # 325 steps two seeds agreed within 0.3 points (0.605, 0.607): benchmarks/README.md, "SwAV in a swarm".
+    "swav-tiny": Regime(epochs=325, target_batch=256, micro_batch=64, hparams=demo_defaults("swav-tiny").hparams,
                         aggregator=demo_defaults("swav-tiny").aggregator),
 }
 
@@ -73,7 +75,7 @@ def test_two_peer_swarm_reaches_what_one_peer_reaches(local_swarm, tmp_path, rec
     volunteers = [local_swarm.start_volunteer(name, [address], ["--batch-size", str(regime.micro_batch), "--evaluate"])
                   for name in ("a", "b")]
     for volunteer in volunteers:
-        assert volunteer.popen.wait(timeout=2000) == 0, volunteer.log()[-3000:]
+        assert volunteer.popen.wait(timeout=2700) == 0, volunteer.log()[-3000:]
     reports = load_reports([v.report_path for v in volunteers])
     swarm_start = sum(r["eval_start"] for r in reports) / len(reports)
     swarm_end = sum(r["eval_end"] for r in reports) / len(reports)

@@ -149,8 +149,9 @@ def run_coordinator(
         if access is not None:
             dht.add_validators([InviteValidator(run.run_id, identity.public_key)])
         records = RunRecords.create(run, chunks, identity)
-        if not publish_run_records(dht, identity, records):
-            logger.warning("some run records were not stored yet; retrying at the next republish")
+        published = publish_run_records(dht, identity, records)
+        if not published:
+            logger.warning("some run records were not stored yet; retrying at the next status line")
         addresses = visible_addresses(dht)
         keeper = start_keeper(config.keeper, run, unpack_assets(run, chunks), run_directory(config, run.run_id),
                               dht, identity, access, address=addresses[0] if addresses else "")
@@ -161,8 +162,8 @@ def run_coordinator(
                                   dashboard_url=dashboard.url if dashboard else ""))
         last_publish = time.monotonic()
         while not stop.wait(config.log_interval):
-            if time.monotonic() - last_publish >= config.republish_interval:
-                publish_run_records(dht, identity, records)
+            if not published or time.monotonic() - last_publish >= config.republish_interval:
+                published = publish_run_records(dht, identity, records)
                 last_publish = time.monotonic()
             on_status(swarm_status(dht, run))
     finally:

@@ -42,10 +42,14 @@ from crowdtrain.swarm.pending_round import PendingRound, carry_local_progress, s
 from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
-DECLARE_STATE_PERIOD = 5.0
+DECLARE_STATE_PERIOD = 15.0  # a peer re-declares itself as a donor this often (and at once when its epoch changes);
+# a departed donor stays listed this long, and a newcomer that tries it moves on to the next after request_timeout
 SPLIT_CHECK_DELAY = 3.0  # after an outer round, when to look for a group that closed it with a higher rank
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
-TRACKER_REFRESH = (0.5, 2.0)  # min / max seconds between reads of the swarm's progress
+TRACKER_REFRESH = (0.5, 10.0)  # min / max seconds between reads of the swarm's progress (hivemind's tracker reads
+# again after a fraction of the estimated time to the round's end, so it reads every 0.5 s near the end)
+PEER_RECORD_INTERVAL = 4.0  # seconds between a DiLoCo peer's records (heartbeat; standard mode: every 2 s): each is a
+# signed DHT store whose lookup returns every peer's record; finish.LIVE_PEER_AGE (10 s) still sees two of them
 PROGRESS_TTL = 20.0  # a departed peer stops counting after this long (hivemind: 60); a peer that saw
 # another one more recently never takes an outer step alone
 REPORTS_PER_ROUND = 20  # progress records a peer stores per round of H inner steps (at most one per step)

@@ -28,7 +28,7 @@ from crowdtrain.peers.identity import Identity
 from crowdtrain.peers.invites import verify_invite
 from crowdtrain.swarm.batch_probe import ProbeLimits, measure, probe_batch_size
 from crowdtrain.swarm.device import DeviceInfo, default_threads, describe, detect_device
-from crowdtrain.swarm.diloco import DiLoCoOptimizer
+from crowdtrain.swarm.diloco import PEER_RECORD_INTERVAL, DiLoCoOptimizer
 from crowdtrain.swarm.discovery import JoinedRun, join_run
 from crowdtrain.swarm.finish import FinishState, RunFinisher
 from crowdtrain.swarm.heartbeat import Heartbeat
@@ -38,7 +38,7 @@ from crowdtrain.swarm.training import TrainingLoop
 from crowdtrain.trainers import Recipe, get_recipe, preload_recipes
 
 logger = logging.getLogger(__name__)
-RUN_REPUBLISH_INTERVAL = 60.0  # well inside the run records' lifetime in the DHT
+RUN_REPUBLISH_INTERVAL = 120.0  # well inside the run records' lifetime in the DHT (300 s); every live peer re-stores them
 LINK_PROBE_PEERS = 2  # measure against this many peers and keep the fastest figures
 MAX_SHOWN_ETA = 86400.0  # hivemind's estimate of the next round is effectively infinite when no one else trains
 
@@ -266,9 +266,12 @@ class Volunteer:
         loop = TrainingLoop(recipe, model, optimizer, recipe.batches(self.shard_seed, self.batch_size),
                             self.batch_size, self.device, self.config.throttle)
         finish_state = FinishState()
+        interval = self.config.publish_interval
+        if run.mode == "diloco":  # rounds minutes apart: the DHT traffic between them is what a peer sends
+            interval = max(interval, PEER_RECORD_INTERVAL)
         heartbeat = Heartbeat(
             dht, self.identity, run.run_id, lambda: self._record(loop, optimizer, finish_state),
-            self.config.publish_interval, lambda: publish_run_records(dht, self.identity, joined.records),
+            interval, lambda: publish_run_records(dht, self.identity, joined.records),
             RUN_REPUBLISH_INTERVAL, invite=access.invite if access else None).start()
         started = time.monotonic()
         try:
