@@ -36,7 +36,7 @@ REGIMES = {
     # SwAV's Sinkhorn codes and batch norm need micro-batches of 64 (the swav-tiny demo's regime:
     # crowdtrain.config.DEMO_DEFAULTS_BY_RECIPE). Learning sets in between ~100 and ~225 global steps
     # depending on the data order, so at the demo's 175 steps one peer alone read 0.25-0.53 by seed; by
-    # 325 steps two seeds agreed within 0.3 points (0.605, 0.607): benchmarks/README.md, "SwAV in a swarm".
+    # 325 steps three single runs agreed within 0.5 points (0.605-0.610): benchmarks/README.md, "SwAV in a swarm".
     "swav-tiny": Regime(epochs=325, target_batch=256, micro_batch=64, hparams=demo_defaults("swav-tiny").hparams,
                         aggregator=demo_defaults("swav-tiny").aggregator),
 }

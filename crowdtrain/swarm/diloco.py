@@ -42,8 +42,7 @@ from crowdtrain.swarm.pending_round import PendingRound, carry_local_progress, s
 from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
-DECLARE_STATE_PERIOD = 15.0  # a peer re-declares itself as a donor this often (and at once when its epoch changes);
-# a departed donor stays listed this long, and a newcomer that tries it moves on to the next after request_timeout
+DECLARE_STATE_PERIOD = 5.0
 SPLIT_CHECK_DELAY = 3.0  # after an outer round, when to look for a group that closed it with a higher rank
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
 TRACKER_REFRESH = (0.5, 10.0)  # min / max seconds between reads of the swarm's progress (hivemind's tracker reads
