@@ -192,8 +192,8 @@ def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
 
     def averaged_everyone():
         peers = ok(training.url, "/api/peers")["peers"]
-        seen[:] = [{k: p.get(k) for k in ("name", "epoch", "samples", "samples_averaged", "averaging_rounds")}
-                   for p in peers]
+        keys = ("name", "epoch", "samples", "samples_averaged", "averaging_rounds", "averaging_failures")
+        seen[:] = [{k: p.get(k) for k in keys} for p in peers]
         # a peer's first global step may come before the other joins (a step alone counts as averaged)
         rounds = all(p["samples_averaged"] > 0 and p["averaging_rounds"] >= 1 for p in peers)
         return peers if len(peers) == 2 and rounds else None

@@ -9,6 +9,8 @@
   (refuses incomplete state downloads) and the factory the swarm optimizer uses
   (:mod:`crowdtrain.swarm.optimizer`).
 - ``donors.py``: state downloads that skip given donors (refused or banned peers).
+- ``rounds.py``: groups of one round (epoch-tagged matchmaking); ``cancel.py``: a cancelled step leaves
+  matchmaking at once (hivemind's cancel races its own check).
 - ``link_aware.py``: :func:`plan_averaging`, this peer's share, groups, timeouts and compression
   from measurements; built from ``groups.py`` (adaptive group sizes), ``grid.py`` (Moshpit group keys
   sized to the swarm), ``timeouts.py`` (per-peer

@@ -32,6 +32,7 @@ from hivemind.p2p.servicer import StubBase
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
+from crowdtrain.averaging.cancel import PromptCancel
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
@@ -118,12 +119,12 @@ class _InviteOnly:
             yield part
 
 
-class InviteOnlyGradientAverager(_InviteOnly, GridGroups, RoundGradientAveraging, GradientAverager):
+class InviteOnlyGradientAverager(_InviteOnly, PromptCancel, GridGroups, RoundGradientAveraging, GradientAverager):
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, GridGroups, RoundGroups, TrainingStateAverager, CompleteStateDownload,
-                              DonorChoice):
+class InviteOnlyStateAverager(_InviteOnly, PromptCancel, GridGroups, RoundGroups, TrainingStateAverager,
+                              CompleteStateDownload, DonorChoice):
     pass
 
 

@@ -22,6 +22,7 @@ from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.bans import BanList, BanSnapshot
+from crowdtrain.averaging.cancel import PromptCancel
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.grid import GridGroups
@@ -49,7 +50,7 @@ def wire_compatible(base: type) -> type:
 WireCompatibleAverager = wire_compatible(GradientAverager)
 
 
-class RoundGradientAverager(GridGroups, RoundGradientAveraging, WireCompatibleAverager):
+class RoundGradientAverager(PromptCancel, GridGroups, RoundGradientAveraging, WireCompatibleAverager):
     """hivemind's GradientAverager (the plain mean) in groups of one round (:mod:`crowdtrain.averaging.rounds`)."""
 
 
@@ -92,7 +93,7 @@ class RobustAveraging(ConsistentAveraging):
             yield response
 
 
-class RobustGradientAverager(RobustAveraging, GridGroups, RoundGradientAveraging, WireCompatibleAverager):
+class RobustGradientAverager(RobustAveraging, PromptCancel, GridGroups, RoundGradientAveraging, WireCompatibleAverager):
     pass
 
 
@@ -163,13 +164,14 @@ class FiniteStateDownload(DecentralizedAverager):
         return loaded
 
 
-class CompleteTrainingStateAverager(GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
+class CompleteTrainingStateAverager(PromptCancel, GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
                                     CompleteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager that loads complete downloaded states only, in groups of one epoch."""
 
 
-class RobustTrainingStateAverager(RobustAveraging, GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
-                                  CompleteStateDownload, FiniteStateDownload, DonorChoice):
+class RobustTrainingStateAverager(RobustAveraging, PromptCancel, GridGroups, RoundGroups,
+                                  wire_compatible(TrainingStateAverager), CompleteStateDownload, FiniteStateDownload,
+                                  DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 
 

@@ -34,6 +34,7 @@ from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils import get_dht_time
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
 
+from crowdtrain.averaging.cancel import PromptCancel
 from crowdtrain.averaging.grid import GridGroups
 
 logger = logging.getLogger(__name__)
@@ -138,5 +139,5 @@ class ConsistentAveraging:
             self._after_round(runner)
 
 
-class ConsistentAverager(ConsistentAveraging, GridGroups, DecentralizedAverager):
+class ConsistentAverager(ConsistentAveraging, PromptCancel, GridGroups, DecentralizedAverager):
     """hivemind's DecentralizedAverager running :class:`ConsistentAverageRunner` (benchmarks, plain tensors)."""

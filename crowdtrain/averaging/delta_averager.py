@@ -11,6 +11,7 @@ from hivemind.averaging.control import AveragingStage
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 
+from crowdtrain.averaging.cancel import PromptCancel
 from crowdtrain.averaging.canonical import declared_priorities, priorities_in
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
@@ -26,7 +27,7 @@ class AveragedDeltas:
     "Peer ids of the group that averaged them, this peer's included."
 
 
-class DeltaAverager(ConsistentAveraging, DonorChoice):
+class DeltaAverager(ConsistentAveraging, PromptCancel, DonorChoice):
     """A DecentralizedAverager whose averaged tensors are the round's deltas, weighted by samples.
 
     Its rounds leave every member with the same average whatever the delta compression

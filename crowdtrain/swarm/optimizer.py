@@ -25,6 +25,7 @@ from crowdtrain.averaging.averager import (
 from crowdtrain.averaging.bans import BanSnapshot
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.link_aware import AveragingPlan
+from crowdtrain.averaging.rounds import round_of
 from crowdtrain.config import IntegrityConfig, RunConfig
 from crowdtrain.dht.publish import publish_integrity
 from crowdtrain.dht.records import IntegrityRecord
@@ -109,6 +110,7 @@ class SwarmOptimizer(hivemind.Optimizer):
     def _update_global_epoch(self, grad_scaler) -> None:
         if self.delay_optimizer_step:
             self._wait_for_delayed_step()
+        self._catch_up_with_swarm()
         self._step = _GlobalStep(self.local_epoch, self.grad_averager.local_samples_accumulated,
                                  self.tracker.global_progress.num_peers <= 1)
         self._follow_swarm_size(self.tracker.global_progress.num_peers)
@@ -116,6 +118,33 @@ class SwarmOptimizer(hivemind.Optimizer):
         if not self._step.delayed:  # a delayed round records itself when it ends (in the state averager's thread)
             self.averaging_stats.record(self._step.samples, self._step.alone, self._round)
         self._round = self._step = None
+
+    def _closing_epoch(self) -> int:
+        """The epoch whose round the swarm is closing now: this peer's, or the swarm's when this peer is one
+        epoch behind. With overlap the swarm's epoch runs one ahead of the round it averages
+        (see :meth:`_give_up_if_swarm_moved_on`)."""
+        closing = self.tracker.global_epoch - (1 if self.delay_grad_averaging else 0)
+        return closing if closing == self.local_epoch + 1 else self.local_epoch
+
+    def _catch_up_with_swarm(self) -> None:
+        """A peer one epoch behind joins the round the swarm is closing instead of its own, which nobody else averages.
+
+        Groups are of one round (:mod:`crowdtrain.averaging.rounds`). A peer that downloaded the state while its
+        donor was entering the next epoch, or that counted the swarm's samples late, ends its epoch e when the
+        swarm closes e + 1: each round it looked for a group of e alone, failed after ``averaging_timeout``, stepped
+        alone, and stayed one behind (measured 2026-12-06, two volunteers on 2 loaded cores: every round of both
+        failed for 80 s). hivemind tolerates one epoch of lag (``is_synchronized_with_peers``) and catches up the
+        same way after a download: the peer takes the swarm's epoch; its gradients are one step stale, as they
+        would be in hivemind's own groups, which know nothing of epochs."""
+        closing = self._closing_epoch()
+        if closing != self.local_epoch:
+            logger.info(f"this peer is at epoch {self.local_epoch}, the swarm closes {closing}: joining that round")
+            self.state_averager.local_epoch = closing
+        control = self.scheduled_grads
+        if control is not None and not control.triggered and not control.done():
+            if round_of(self.grad_averager.serializer, control.data_for_gather) != self.local_epoch:
+                control.cancel()  # pre-scheduled for this peer's old epoch; hivemind schedules the round anew
+                self.scheduled_grads = None
 
     def _follow_swarm_size(self, peers: int) -> None:
         """The averagers' key grid follows the swarm (:mod:`crowdtrain.averaging.grid`)."""

@@ -1,0 +1,43 @@
+"""A cancelled averaging step stops looking for its group at once.
+
+hivemind 1.1.12's ``StepControl.cancel`` (training process) first resolves the step's ``cancel`` future
+and only then marks the step itself cancelled. The averager's process wakes on the former and checks
+the latter (``DecentralizedAverager._step``: ``if step.cancelled(): ...``); when it wakes first, which
+a loaded machine makes likely, it finds the step not cancelled and goes on looking for a group until
+the step's deadline (``averaging_timeout``). hivemind looks for one group at a time, so the peer's next
+rounds queue behind a round it has left: measured 2026-12-06 on the 2-core machine, two volunteers
+under two CPU-bound processes (the dashboard test's swarm, 80-90 s): a cancelled step held the
+matchmaking for 15.0 s, 1.2 s after the cancel was seen, and 13-23 of each peer's rounds failed with
+"could not find a group"; the dashboard test failed in CI with 0 rounds averaged in 90 s.
+
+Here the averager's process, once the cancel future resolves, waits (briefly) for the step to read
+cancelled before hivemind checks it.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hivemind.averaging.averager import DecentralizedAverager
+from hivemind.averaging.control import StepControl
+
+CANCEL_VISIBLE_WITHIN_S = 2.0
+"How long the averager waits for a step whose cancel it has seen to read cancelled (normally milliseconds)."
+CANCEL_POLL_S = 0.005
+
+
+async def wait_until_cancelled(step: StepControl, within: float = CANCEL_VISIBLE_WITHIN_S) -> None:
+    """``step.wait_for_cancel()``, returning once ``step.cancelled()`` (or done) is visible too, or ``within`` later."""
+    await StepControl.wait_for_cancel(step)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not step.done() and loop.time() < deadline:
+        await asyncio.sleep(CANCEL_POLL_S)
+
+
+class PromptCancel(DecentralizedAverager):
+    """Mixin for a hivemind averager: a step cancelled while it looks for a group leaves matchmaking at once."""
+
+    async def _step(self, *, step: StepControl, **kwargs: Any) -> Any:
+        step.wait_for_cancel = lambda: wait_until_cancelled(step)  # this process's copy of the step
+        return await super()._step(step=step, **kwargs)

@@ -1,0 +1,139 @@
+"""Two fixes for peers that stopped meeting in groups (measured 2026-12-06 in CI's dashboard test: two volunteers,
+0 rounds averaged in 90 s):
+
+- a cancelled averaging step leaves matchmaking at once (crowdtrain.averaging.cancel), on a real averager with
+  hivemind's race made wide; the control is hivemind's averager, which looks on until the step's deadline;
+- a peer one epoch behind joins the round the swarm is closing (SwarmOptimizer._catch_up_with_swarm).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+import hivemind
+import pytest
+import torch
+from hivemind.averaging.averager import DecentralizedAverager
+from hivemind.averaging.control import AveragingStage
+from hivemind.utils import MPFuture
+from hivemind.utils.serializer import MSGPackSerializer
+
+from crowdtrain.averaging.cancel import PromptCancel
+from crowdtrain.swarm.optimizer import SwarmOptimizer
+
+pytestmark = pytest.mark.timeout(120)
+STEP_TIMEOUT = 8.0
+RACE_S = 0.3  # between the cancel future resolving and the step reading cancelled (hivemind's order, made wide)
+
+
+class Prompt(PromptCancel, DecentralizedAverager):
+    pass
+
+
+@pytest.fixture(scope="module")
+def dht():
+    node = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False)
+    yield node
+    node.shutdown()
+
+
+def _seconds_to_leave_matchmaking_after_cancel(dht, averager_type: type) -> float:
+    """A step alone in the swarm, looking for a group; cancelled in hivemind's order with ``RACE_S`` between the
+    cancel future and the step's state. Seconds from the cancel until the averager's process ends the step."""
+    averager = averager_type(averaged_tensors=[torch.zeros(16)], dht=dht, prefix=f"cancel-{uuid.uuid4().hex[:8]}",
+                             target_group_size=2, min_matchmaking_time=1.0, request_timeout=0.5, start=True)
+    try:
+        control = averager.step(wait=False, require_trigger=True, timeout=STEP_TIMEOUT)
+        deadline = time.monotonic() + 10
+        while control.stage != AveragingStage.LOOKING_FOR_GROUP:
+            assert time.monotonic() < deadline, control.stage
+            time.sleep(0.01)
+        cancelled_at = time.monotonic()
+        control._trigger.cancel()  # StepControl.cancel's body, with the gap before the step itself reads cancelled
+        control._cancel.set_result(None)
+        time.sleep(RACE_S)
+        MPFuture.cancel(control)
+        while control.stage != AveragingStage.FINISHED and time.monotonic() - cancelled_at < 3 * STEP_TIMEOUT:
+            time.sleep(0.02)
+        return time.monotonic() - cancelled_at
+    finally:
+        averager.shutdown()
+
+
+def test_a_cancelled_step_leaves_matchmaking_at_once_unlike_hiveminds(dht):
+    prompt = _seconds_to_leave_matchmaking_after_cancel(dht, Prompt)
+    control = _seconds_to_leave_matchmaking_after_cancel(dht, DecentralizedAverager)
+    assert prompt < RACE_S + 1.5, prompt
+    assert control > STEP_TIMEOUT - 2.0, f"hivemind's averager left matchmaking after {control:.1f} s"
+
+
+@dataclass
+class _Control:
+    tag: Optional[int]
+    cancelled: bool = False
+
+    @property
+    def data_for_gather(self) -> bytes:  # hivemind packs [bandwidth, mode, user data]
+        return MSGPackSerializer.dumps([100.0, 0, MSGPackSerializer.dumps(self.tag)])
+
+    @property
+    def triggered(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return self.cancelled
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+@dataclass
+class _Peer:
+    """What SwarmOptimizer's catch-up reads and writes."""
+    local_epoch: int
+    global_epoch: int
+    delay_grad_averaging: bool = False
+    scheduled_grads: Optional[_Control] = None
+    tracker: object = field(init=False)
+    state_averager: object = field(init=False)
+    grad_averager: object = field(init=False)
+
+    def __post_init__(self):
+        self.tracker = self.state_averager = self
+        self.grad_averager = DecentralizedAverager  # its serializer
+
+    _closing_epoch = SwarmOptimizer._closing_epoch
+    _catch_up_with_swarm = SwarmOptimizer._catch_up_with_swarm
+
+
+def test_a_peer_one_epoch_behind_joins_the_round_the_swarm_closes():
+    stale = _Control(tag=10)
+    peer = _Peer(local_epoch=10, global_epoch=11, scheduled_grads=stale)
+    peer._catch_up_with_swarm()
+    assert peer.local_epoch == 11
+    assert stale.cancelled and peer.scheduled_grads is None  # pre-scheduled for round 10, which nobody averages
+
+
+def test_a_peer_in_step_keeps_its_epoch_and_its_pre_scheduled_round():
+    current = _Control(tag=11)
+    peer = _Peer(local_epoch=11, global_epoch=11, scheduled_grads=current)
+    peer._catch_up_with_swarm()
+    assert peer.local_epoch == 11 and peer.scheduled_grads is current and not current.cancelled
+
+
+def test_with_overlap_the_swarm_one_epoch_ahead_is_still_closing_this_peers_round():
+    peer = _Peer(local_epoch=10, global_epoch=11, delay_grad_averaging=True, scheduled_grads=_Control(tag=10))
+    peer._catch_up_with_swarm()
+    assert peer.local_epoch == 10 and not peer.scheduled_grads.cancelled
+    peer = _Peer(local_epoch=10, global_epoch=12, delay_grad_averaging=True)
+    peer._catch_up_with_swarm()
+    assert peer.local_epoch == 11
+
+
+def test_a_peer_two_epochs_behind_is_left_to_download_the_state():
+    peer = _Peer(local_epoch=9, global_epoch=11)
+    peer._catch_up_with_swarm()
+    assert peer.local_epoch == 9  # hivemind's out-of-sync check downloads the state instead
