@@ -1,9 +1,10 @@
-"""Two fixes for peers that stopped meeting in groups (measured 2026-12-06 in CI's dashboard test: two volunteers,
+"""Fixes for peers that stopped meeting in groups (measured 2026-12-06 in CI's dashboard test: two volunteers,
 0 rounds averaged in 90 s):
 
 - a cancelled averaging step leaves matchmaking at once (crowdtrain.averaging.cancel), on a real averager with
   hivemind's race made wide; the control is hivemind's averager, which looks on until the step's deadline;
-- a peer one epoch behind joins the round the swarm is closing (SwarmOptimizer._catch_up_with_swarm).
+- a peer one epoch behind joins the round the swarm is closing (SwarmOptimizer._catch_up_with_swarm);
+- an optimizer step waits for a parameter round without a group only until its patience runs out.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from hivemind.averaging.averager import DecentralizedAverager
 from hivemind.averaging.control import AveragingStage
 from hivemind.utils import MPFuture
 from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.timed_storage import get_dht_time
 
-from crowdtrain.averaging.cancel import PromptCancel
+from crowdtrain.averaging.cancel import PromptCancel, cancel_unless_grouped
 from crowdtrain.swarm.optimizer import SwarmOptimizer
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,3 +139,35 @@ def test_a_peer_two_epochs_behind_is_left_to_download_the_state():
     peer = _Peer(local_epoch=9, global_epoch=11)
     peer._catch_up_with_swarm()
     assert peer.local_epoch == 9  # hivemind's out-of-sync check downloads the state instead
+
+
+@dataclass
+class _Round:
+    """A parameter round as cancel_unless_grouped sees it; ``grouped_after`` seconds later it finds its group."""
+    scheduled_time: float
+    grouped_after: Optional[float]
+    cancelled: bool = False
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def stage(self) -> AveragingStage:
+        if self.grouped_after is not None and time.monotonic() - self.created >= self.grouped_after:
+            return AveragingStage.RUNNING_ALLREDUCE
+        return AveragingStage.LOOKING_FOR_GROUP
+
+    def done(self) -> bool:
+        return self.cancelled
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+def test_a_parameter_round_without_a_group_is_waited_for_only_until_its_patience_runs_out():
+    started = time.monotonic()
+    lonely = _Round(scheduled_time=get_dht_time() + 0.2, grouped_after=None)
+    assert cancel_unless_grouped(lonely, patience=0.3, poll=0.01) and lonely.cancelled
+    assert 0.4 <= time.monotonic() - started < 1.5  # hivemind would have waited averaging_timeout
+
+    grouped = _Round(scheduled_time=get_dht_time(), grouped_after=0.2)
+    assert not cancel_unless_grouped(grouped, patience=5.0, poll=0.01) and not grouped.cancelled

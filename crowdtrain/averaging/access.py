@@ -32,7 +32,7 @@ from hivemind.p2p.servicer import StubBase
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
-from crowdtrain.averaging.cancel import PromptCancel
+from crowdtrain.averaging.cancel import LatestStep, PromptCancel
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
@@ -123,7 +123,7 @@ class InviteOnlyGradientAverager(_InviteOnly, PromptCancel, GridGroups, RoundGra
     pass
 
 
-class InviteOnlyStateAverager(_InviteOnly, PromptCancel, GridGroups, RoundGroups, TrainingStateAverager,
+class InviteOnlyStateAverager(_InviteOnly, PromptCancel, GridGroups, RoundGroups, TrainingStateAverager, LatestStep,
                               CompleteStateDownload, DonorChoice):
     pass
 

@@ -22,7 +22,7 @@ from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.bans import BanList, BanSnapshot
-from crowdtrain.averaging.cancel import PromptCancel
+from crowdtrain.averaging.cancel import LatestStep, PromptCancel
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.grid import GridGroups
@@ -165,13 +165,13 @@ class FiniteStateDownload(DecentralizedAverager):
 
 
 class CompleteTrainingStateAverager(PromptCancel, GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
-                                    CompleteStateDownload, DonorChoice):
+                                    LatestStep, CompleteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager that loads complete downloaded states only, in groups of one epoch."""
 
 
 class RobustTrainingStateAverager(RobustAveraging, PromptCancel, GridGroups, RoundGroups,
-                                  wire_compatible(TrainingStateAverager), CompleteStateDownload, FiniteStateDownload,
-                                  DonorChoice):
+                                  wire_compatible(TrainingStateAverager), LatestStep, CompleteStateDownload,
+                                  FiniteStateDownload, DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 
 

@@ -23,6 +23,7 @@ from crowdtrain.averaging.averager import (
     gradient_averager_factory,
 )
 from crowdtrain.averaging.bans import BanSnapshot
+from crowdtrain.averaging.cancel import cancel_unless_grouped
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.averaging.rounds import round_of
@@ -108,6 +109,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._fallback: Optional[list[torch.Tensor]] = None  # local gradients of the delayed step being applied
 
     def _update_global_epoch(self, grad_scaler) -> None:
+        self._bound_wait_for_state_round()
         if self.delay_optimizer_step:
             self._wait_for_delayed_step()
         self._catch_up_with_swarm()
@@ -118,6 +120,17 @@ class SwarmOptimizer(hivemind.Optimizer):
         if not self._step.delayed:  # a delayed round records itself when it ends (in the state averager's thread)
             self.averaging_stats.record(self._step.samples, self._step.alone, self._round)
         self._round = self._step = None
+
+    def _bound_wait_for_state_round(self) -> None:
+        """hivemind's next optimizer step waits for this peer's parameter round (up to ``averaging_timeout``); here
+        the wait ends ``matchmaking_time`` after the round's start if it has found no group by then, and the round
+        is cancelled (:mod:`crowdtrain.averaging.cancel`). A round pre-scheduled for a later epoch is left alone."""
+        control = getattr(self.state_averager, "latest_step", None)
+        if control is None or control is self.scheduled_state or not self.state_averager.pending_updates:
+            return
+        if cancel_unless_grouped(control, self.matchmaking_time):
+            logger.info(f"parameter averaging found no group in {self.matchmaking_time:.0f} s; "
+                        f"epoch {self.local_epoch} goes on without it")
 
     def _closing_epoch(self) -> int:
         """The epoch whose round the swarm is closing now: this peer's, or the swarm's when this peer is one
@@ -205,6 +218,7 @@ class SwarmOptimizer(hivemind.Optimizer):
             self.averaging_stats.record(step.samples, step.alone, round_)
         else:
             self._round = round_
+            self._bound_wait_for_state_round()  # hivemind's optimizer step comes next and waits for the state round
 
     def _give_up_if_swarm_moved_on(self, control: StepControl, epoch: int) -> None:
         """Stop looking for the group of round ``epoch`` once the swarm has begun the round after it.
