@@ -109,8 +109,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._fallback: Optional[list[torch.Tensor]] = None  # local gradients of the delayed step being applied
 
     def _update_global_epoch(self, grad_scaler) -> None:
-        self._bound_wait_for_state_round()
-        if self.delay_optimizer_step:
+        if self.delay_optimizer_step:  # the pending update holds the state round too (without overlap: see below)
+            self._bound_wait_for_state_round()
             self._wait_for_delayed_step()
         self._catch_up_with_swarm()
         self._step = _GlobalStep(self.local_epoch, self.grad_averager.local_samples_accumulated,
