@@ -31,7 +31,7 @@ VOLUNTEERS = {"alice": ["--batch-size", "8", "--verbose"],
               "bob": ["--batch-size", "8", "--throttle", "0.5", "--verbose"]}
 COUNTED = {"rounds": "averaged=True", "failed": "averaged=False", "param rounds": "Averaged parameters with",
            "param failed": "Averaging failed with", "catch-ups": "joining that round",
-           "bounded waits": "goes on without it"}
+           "bounded waits": "goes on without it", "destroyed tasks": "Task was destroyed but it is pending"}
 
 
 def one_run(workdir: Path, seconds: float, hogs: int, fixes: bool) -> dict[str, dict[str, int]]:

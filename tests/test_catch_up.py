@@ -3,13 +3,18 @@
 
 - a cancelled averaging step leaves matchmaking at once (crowdtrain.averaging.cancel), on a real averager with
   hivemind's race made wide; the control is hivemind's averager, which looks on until the step's deadline;
+- a cancelled step's clean-up survives the garbage collector, and the averager's next step still finds its group;
+  the control, hivemind's averager, loses its matchmaking for good;
 - a peer one epoch behind joins the round the swarm is closing (SwarmOptimizer._catch_up_with_swarm);
 - an optimizer step waits for a parameter round without a group only until its patience runs out.
 """
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -22,7 +27,7 @@ from hivemind.utils import MPFuture
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.timed_storage import get_dht_time
 
-from crowdtrain.averaging.cancel import PromptCancel, cancel_unless_grouped
+from crowdtrain.averaging.cancel import PromptCancel, cancel_unless_grouped, hold_tasks
 from crowdtrain.swarm.optimizer import SwarmOptimizer
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,6 +74,114 @@ def test_a_cancelled_step_leaves_matchmaking_at_once_unlike_hiveminds(dht):
     control = _seconds_to_leave_matchmaking_after_cancel(dht, DecentralizedAverager)
     assert prompt < RACE_S + 1.5, prompt
     assert control > STEP_TIMEOUT - 2.0, f"hivemind's averager left matchmaking after {control:.1f} s"
+
+
+WITHDRAW_S = 1.0
+GC_PERIOD_S = 0.05
+
+
+class SlowWithdrawal(DecentralizedAverager):
+    """Test double of a loaded machine: the averager's process withdraws a group declaration only after
+    ``WITHDRAW_S``, through a future that only its awaiter holds (hivemind's DHT futures are held weakly), and
+    its garbage collector runs every ``GC_PERIOD_S``."""
+
+    async def _step(self, **kwargs):
+        manager = self._matchmaking.group_key_manager
+        if not hasattr(self, "_collector"):
+            self._collector = asyncio.get_running_loop().create_task(_collect_garbage_periodically())
+            manager.declare_averager = _slow_withdrawal(manager.declare_averager)
+        return await super()._step(**kwargs)
+
+
+async def _collect_garbage_periodically() -> None:
+    while True:
+        gc.collect()
+        await asyncio.sleep(GC_PERIOD_S)
+
+
+def _slow_withdrawal(declare):
+    async def declare_averager(group_key, peer_id, expiration_time, looking_for_group=True):
+        if not looking_for_group:
+            loop = asyncio.get_running_loop()
+            answer = weakref.ref(future := loop.create_future())
+            loop.call_later(WITHDRAW_S, lambda: (f := answer()) is not None and not f.done() and f.set_result(None))
+            await future
+            del future
+        return await declare(group_key, peer_id, expiration_time, looking_for_group)
+    return declare_averager
+
+
+class PromptSlow(PromptCancel, SlowWithdrawal):
+    pass
+
+
+@pytest.fixture(scope="module")
+def second_dht(dht):
+    node = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False,
+                        initial_peers=[str(a) for a in dht.get_visible_maddrs()])
+    yield node
+    node.shutdown()
+
+
+def _average_after_a_cancelled_step(dhts, averager_type: type) -> list[Optional[float]]:
+    """Two averagers; the first cancels a step that looks for a group alone, then both step together. Each one's
+    averaged value (None: its step failed); 2.0 is the mean of their tensors."""
+    prefix = f"withdraw-{uuid.uuid4().hex[:8]}"
+    averagers = [averager_type(averaged_tensors=[torch.full((16,), value)], dht=dht, prefix=prefix,
+                               target_group_size=2, min_matchmaking_time=1.0, request_timeout=0.5, start=True)
+                 for value, dht in zip((1.0, 3.0), dhts)]
+    try:
+        lonely = averagers[0].step(wait=False, require_trigger=True, timeout=STEP_TIMEOUT)
+        deadline = time.monotonic() + 10
+        while lonely.stage != AveragingStage.LOOKING_FOR_GROUP:
+            assert time.monotonic() < deadline, lonely.stage
+            time.sleep(0.01)
+        time.sleep(0.5)  # declared in the DHT
+        lonely.cancel()
+        time.sleep(WITHDRAW_S + 1.0)  # the clean-up's withdrawal has had its answer
+        controls = [averager.step(wait=False, timeout=STEP_TIMEOUT) for averager in averagers]
+        values = []
+        for averager, control in zip(averagers, controls):
+            try:
+                control.result(STEP_TIMEOUT + 5)
+            except Exception:
+                values.append(None)
+                continue
+            with averager.get_tensors() as tensors:
+                values.append(float(tensors[0].mean()))
+        return values
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+
+
+def test_a_cancelled_steps_clean_up_survives_the_garbage_collector_unlike_hiveminds(dht, second_dht):
+    assert _average_after_a_cancelled_step((dht, second_dht), PromptSlow) == [pytest.approx(2.0)] * 2
+    assert _average_after_a_cancelled_step((dht, second_dht), SlowWithdrawal) == [None, None]  # control: hivemind
+
+
+def test_hold_tasks_keeps_a_task_that_nothing_else_holds():
+    async def orphan(loop: asyncio.AbstractEventLoop) -> weakref.ref:
+        async def wait_for(future: asyncio.Future) -> None:  # only this task holds the future it waits for
+            await future
+        task = weakref.ref(loop.create_task(wait_for(loop.create_future())))
+        await asyncio.sleep(0)
+        gc.collect()
+        return task
+
+    plain = asyncio.new_event_loop()
+    held = asyncio.new_event_loop()
+    hold_tasks(held)
+    hold_tasks(held)  # idempotent
+    try:
+        assert plain.run_until_complete(orphan(plain))() is None  # asyncio alone: the pending task is destroyed
+        task = held.run_until_complete(orphan(held))()
+        assert task is not None and not task.done()
+        task.cancel()
+        held.run_until_complete(asyncio.sleep(0))
+    finally:
+        plain.close()
+        held.close()
 
 
 @dataclass
