@@ -197,7 +197,10 @@ def test_peers_history_leaderboard_and_metrics_follow_the_swarm(training):
         # a peer's first global step may come before the other joins (a step alone counts as averaged)
         rounds = all(p["samples_averaged"] > 0 and p["averaging_rounds"] >= 1 for p in peers)
         return peers if len(peers) == 2 and rounds else None
-    peers = wait_until(averaged_everyone, 90, "both volunteers to complete an averaging round", lambda: seen)
+    def seen_and_logs():  # on a time-out: the counters, and what each volunteer last logged
+        tails = {peer.name: peer.log().splitlines()[-25:] for peer in training.volunteers}
+        return f"{seen}\n" + "\n".join(f"--- {name}:\n" + "\n".join(lines) for name, lines in tails.items())
+    peers = wait_until(averaged_everyone, 90, "both volunteers to complete an averaging round", seen_and_logs)
     assert {p["name"] for p in peers} == set(VOLUNTEERS) and all(p["online"] for p in peers)
     assert sum(p["share"] for p in peers) == pytest.approx(1.0, abs=1e-3)
     assert all(p["samples_averaged"] <= p["samples"] + BATCH and p["averaging_rounds"] >= 1 for p in peers)
