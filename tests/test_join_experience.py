@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from crowdtrain.swarm.batch_probe import ProbeLimits, probe_batch_size
+from crowdtrain.swarm.batch_probe import ProbeLimits, Trial, probe_batch_size
 from crowdtrain.swarm.join_plan import upload_per_round
 from crowdtrain.trainers.base import EvalResult, Recipe
 
@@ -68,6 +68,14 @@ def test_alone_the_probe_grows_the_batch_until_a_step_would_exceed_a_quarter_of_
     result = _probe(SimulatedDevice(overhead=0.02, per_sample=0.0005))
     assert result.batch_size == 64, result
     assert "quarter" in result.stopped_because or "limit" in result.stopped_because
+
+
+@pytest.mark.parametrize("step_seconds", [0.045166, 0.052, 0.1, 1 / 3, 0.7071067811865476, 12.345])
+def test_alone_a_quarter_of_the_target_fits_exactly_whatever_the_step_time(step_seconds):
+    # 0.045166 s: the former float form (step <= target / (batch / step) / 4) refused batch 64, as in CI
+    limits = ProbeLimits(target_batch_size=256, others_samples_per_second=0.0, memory_budget=2**40)
+    assert limits.fits_in_quarter_round(Trial(batch_size=64, step_seconds=step_seconds, peak_memory=0))
+    assert not limits.fits_in_quarter_round(Trial(batch_size=65, step_seconds=step_seconds, peak_memory=0))
 
 
 def test_a_fast_swarm_makes_rounds_short_and_the_batch_small():

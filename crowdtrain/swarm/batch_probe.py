@@ -38,8 +38,12 @@ class ProbeLimits:
     time_budget: float = 30.0
     "Seconds the whole probe may take."
 
-    def round_seconds(self, samples_per_second: float) -> float:
-        return self.target_batch_size / max(self.others_samples_per_second + samples_per_second, 1e-9)
+    def fits_in_quarter_round(self, trial: "Trial") -> bool:
+        """The trial's step takes at most a quarter of a round of the swarm with this peer at the trial's pace:
+        ``step <= target / (others + batch / step) / 4``, computed as ``4 (others x step + batch) <= target``,
+        which is exact for a peer alone (``batch <= target / 4``: in floating point the first form put that
+        boundary on either side by rounding; CI failed on it once, 2026-12-07)."""
+        return 4 * (self.others_samples_per_second * trial.step_seconds + trial.batch_size) <= self.target_batch_size
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,7 @@ def probe_batch_size(recipe: Recipe, model: torch.nn.Module, device: torch.devic
         if result is None:
             result = ProbeResult(batch_size=1, samples_per_second=trial.samples_per_second)
         result.trials.append(trial)
-        fits = trial.step_seconds <= limits.round_seconds(trial.samples_per_second) / 4
-        if batch_size > 1 and not fits:
+        if batch_size > 1 and not limits.fits_in_quarter_round(trial):
             result.stopped_because = f"a step of {batch_size} takes over a quarter of an averaging round"
             break
         if trial.samples_per_second > result.samples_per_second * GAIN_TO_CONTINUE or batch_size == 1:
