@@ -177,9 +177,9 @@ def run_coordinator(
 def current_status(dht: hivemind.DHT, run: RunConfig, dashboard: Optional[Dashboard], max_age: float
                    ) -> dict[str, Any]:
     """The swarm's status: the dashboard's latest reading if it is at most ``max_age`` seconds old (the dashboard
-    reads the same records, every ``refresh_interval``), else a read of its own. Reading them twice made the
-    coordinator's DHT finds, served by the volunteers, about 2/7 larger than needed (measured 2026-12-06: the
-    peers' records were 6.3 of the 21.8 MB a quiet DiLoCo swarm sent, mostly in answer to these reads)."""
+    reads the same records, every ``refresh_interval``), else a read of its own: the status line and the dashboard
+    agree, and the volunteers serve one read instead of two (the bytes they send did not measurably change:
+    benchmarks/README.md, *H = 500 again*)."""
     reading = dashboard.tracker.latest() if dashboard is not None else None
     if reading is not None and time.time() - reading.time <= max_age:
         return reading.status
