@@ -1,5 +1,7 @@
 """The end-of-run hand-over's choice of donor: refused or banned peers are left out, by every honest peer alike."""
+import threading
 import time
+from types import SimpleNamespace
 
 from hivemind.p2p import PeerID
 from hivemind.utils import ValueWithExpiration
@@ -7,12 +9,13 @@ from hivemind.utils import ValueWithExpiration
 from crowdtrain.averaging.donors import DonorFilter
 from crowdtrain.dht.records import PeerRecord
 from crowdtrain.peers.identity import Identity
-from crowdtrain.swarm.finish import choose_canonical
+from crowdtrain.swarm import finish
+from crowdtrain.swarm.finish import FinishState, RunFinisher, choose_canonical
 
 
-def _record(peer_id: str, epoch: int = 4, role: str = "full") -> PeerRecord:
+def _record(peer_id: str, epoch: int = 4, role: str = "full", finished: bool = False) -> PeerRecord:
     return PeerRecord(peer_id=peer_id, name="", role=role, address="", samples=1, samples_per_second=1.0, loss=None,
-                      epoch=epoch, device="cpu", finished=False, time=time.time())
+                      epoch=epoch, device="cpu", finished=finished, time=time.time())
 
 
 def test_the_lowest_full_peer_at_the_top_epoch_unless_excluded():
@@ -46,3 +49,29 @@ def test_the_donor_list_read_during_a_download_leaves_out_excluded_peers():
     assert filtered.get("other").value == {hostile: 1}  # other keys pass untouched
     filtered.store("k", 1)
     assert dht.stored == [("k", 1)]  # everything else goes to the real handle
+
+
+def _finisher(load_state_timeout: float) -> RunFinisher:
+    run = SimpleNamespace(run_id="run-1", max_epochs=4, timeouts=SimpleNamespace(load_state_timeout=load_state_timeout))
+    optimizer = SimpleNamespace(state_averager=SimpleNamespace(allow_state_sharing=False, client_mode=True))
+    return RunFinisher(run=run, optimizer=optimizer, dht=None, me="QmP3", state=FinishState(), publish=lambda: None,
+                       stop=threading.Event())
+
+
+def _seconds_to_give_up_on(candidate_leaves: bool, monkeypatch, load_state_timeout: float) -> float:
+    """An adopter waits for candidate QmP2, an adopter itself (finished, never canonical); it leaves after 0.5 s
+    if ``candidate_leaves``."""
+    live = {"records": [_record("QmP2", finished=True), _record("QmP3", role="client")]}
+    monkeypatch.setattr(finish, "live_peers", lambda dht, run_id: live["records"])
+    monkeypatch.setattr(finish, "declared_priority", lambda dht, averager, peer_id: 0.0)
+    if candidate_leaves:
+        threading.Timer(0.5, lambda: live.update(records=live["records"][1:])).start()
+    started = time.monotonic()
+    assert _finisher(load_state_timeout)._adopt_canonical(_record("QmP2", finished=True), frozenset()) is False
+    return time.monotonic() - started
+
+
+def test_an_adopter_stops_waiting_for_a_candidate_that_left(monkeypatch):
+    assert _seconds_to_give_up_on(True, monkeypatch, load_state_timeout=30.0) < 3.0
+    # control: while the candidate is live, the wait lasts until the deadline
+    assert _seconds_to_give_up_on(False, monkeypatch, load_state_timeout=2.0) >= 2.0

@@ -20,6 +20,7 @@ coordinator building its assets, and each volunteer's reachability check and lin
 """
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +82,19 @@ def _run(local_swarm, tmp_path: Path, size: Size, volunteer_links: list[Link]) -
             volunteers = [wan.start_volunteer(i, address, ["--batch-size", "4", "--throttle", str(size.throttle), "--export", str(tmp_path / f"p{i}.pt")])
                           for i in range(1, len(volunteer_links) + 1)]
             for volunteer in volunteers:
-                assert volunteer.popen.wait(timeout=VOLUNTEER_TIMEOUT) == 0, volunteer.log()[-3000:]
+                assert _exit_code(volunteer) == 0, volunteer.log()[-3000:]
         finally:
             wan.close()
     return load_reports([v.report_path for v in volunteers]), read_history(history)
+
+
+def _exit_code(volunteer) -> int:
+    """The volunteer's exit code; a volunteer still running after ``VOLUNTEER_TIMEOUT`` fails with its log's end."""
+    try:
+        return volunteer.popen.wait(timeout=VOLUNTEER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{volunteer.name} still running after {VOLUNTEER_TIMEOUT} s; its log ends:\n"
+                             f"{volunteer.log()[-3000:]}") from None
 
 
 def _assert_in_sync(tmp_path: Path, count: int) -> None:
