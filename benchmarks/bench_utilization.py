@@ -21,8 +21,15 @@ the same-run control), both with parameter rounds every ``--average-state-every`
 reports the rounds each volunteer averaged, the samples of its that went into averaged (or alone) steps
 of all it computed, and whether the volunteers' exported final models are equal.
 
+``--ceiling STEPS`` adds the ceiling of the same definition with no communication at all, measured in the
+same invocation after the swarm runs: ``--peers`` processes of ``local_worker.py`` at once (the same load on
+the shared cores), each training the run's recipe alone for STEPS micro-batches, with the recipe's optimizer
+stepped after every micro-batch (DiLoCo's inner step). Each swarm run's utilisation is also given as a ratio
+to it. In DiLoCo mode this ceiling is below 1 by the inner optimizer's own time, which forward/backward
+leaves out.
+
     sudo python benchmarks/bench_utilization.py --target-batch-size 256 --max-epochs 4 --json out.json
-    sudo python benchmarks/bench_utilization.py --mode diloco --inner-steps 50 --max-epochs 4 --json out.json
+    sudo python benchmarks/bench_utilization.py --mode diloco --inner-steps 50 --max-epochs 4 --ceiling 300 --json out.json
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +147,42 @@ def local_step_breakdown(reports: list[dict], compute: float, wall: float) -> di
             "utilization_with_inner_steps": (compute + inner) / wall}
 
 
+def ceiling(args: argparse.Namespace, run_dir: Path) -> dict:
+    """Utilisation by the same definition of ``--peers`` processes training alone at once (no swarm)."""
+    worker = [sys.executable, str(Path(__file__).parent / "local_worker.py"), "--run-dir", str(run_dir),
+              "--steps", str(args.ceiling), "--batch-size", str(args.batch_size)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    processes = [subprocess.Popen([*worker, "--shard-seed", str(i)], stdout=subprocess.PIPE, env=env)
+                 for i in range(1, args.peers + 1)]
+    try:
+        outputs = [p.communicate(timeout=args.timeout)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(p.returncode for p in processes):
+        raise RuntimeError(f"local workers failed: {[p.returncode for p in processes]}")
+    reports = [json.loads(out) for out in outputs]
+    compute, wall = sum(r["compute_seconds"] for r in reports), sum(r["training_seconds"] for r in reports)
+    inner = sum(r["inner_step_seconds"] for r in reports)
+    return {"utilization": compute / wall, "utilization_with_inner_steps": (compute + inner) / wall,
+            "per_peer": [round(r["compute_seconds"] / r["training_seconds"], 3) for r in reports],
+            "samples_per_second": sum(r["samples"] / r["training_seconds"] for r in reports),
+            "load_average": list(os.getloadavg()[:1])}
+
+
+def add_ceiling(args: argparse.Namespace, result: dict, run_dir: Path) -> None:
+    limit = result["ceiling"] = ceiling(args, run_dir)
+    for run in result["runs"].values():
+        run["utilization_of_ceiling"] = run["utilization"] / limit["utilization"]
+        if "utilization_with_inner_steps" in run:
+            run["with_inner_steps_of_ceiling"] = (run["utilization_with_inner_steps"]
+                                                  / limit["utilization_with_inner_steps"])
+    print(json.dumps({"ceiling": limit, "of_ceiling": {name: {k: v for k, v in run.items() if "of_ceiling" in k}
+                                                       for name, run in result["runs"].items()}}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", type=int, default=4)
@@ -156,6 +200,8 @@ def main() -> None:
     parser.add_argument("--average-state-every", type=int, default=4,
                         help="standard: parameter rounds every this many epochs, in both modes (the run's default is 1)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each volunteer")
+    parser.add_argument("--ceiling", type=int, default=0, metavar="STEPS",
+                        help="also measure the no-communication ceiling: --peers local processes of STEPS micro-batches")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -177,6 +223,8 @@ def main() -> None:
             mode_args += [] if overlap == "on" else ["--no-diloco-overlap"]
             result["runs"][f"overlap {overlap}"] = run(args, workdir / f"overlap-{overlap}", mode_args)
             print(json.dumps({f"overlap {overlap}": result["runs"][f"overlap {overlap}"]}), flush=True)
+    if args.ceiling:
+        add_ceiling(args, result, workdir / f"overlap-{args.overlap[-1]}" / "run")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

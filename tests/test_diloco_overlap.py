@@ -83,6 +83,7 @@ class ScriptedAverager:
         self.client_mode, self.state_sharing_priority, self.peer_id = False, 0.0, "me"
         self.next_result = None
         self.downloads = 0
+        self.declared = []  # the other peers' declared state-sharing priorities, as the split check reads them
 
     def start_averaging(self, deltas, weight, timeout):
         self.sent.append(([d.clone() for d in deltas], weight))
@@ -99,7 +100,7 @@ class ScriptedAverager:
         return read
 
     def others_priorities(self, entry):
-        return []
+        return list(self.declared)
 
 
 class ScriptedTracker:
@@ -139,6 +140,7 @@ def scripted_driver(inner_steps: int = 2):
     driver._resync_backoff = diloco.Backoff()
     driver._round_priority, driver._split_check_at, driver._others_seen_at, driver._pending = 0.0, None, -100.0, None
     driver._split_check, driver._epoch_entered, driver._winding_down = None, True, None
+    driver._split_checked, driver._split_check_until = True, 0.0
     driver.inner_step_seconds = driver.outer_seconds = 0.0
     driver._start_round()
     return driver, param
@@ -171,6 +173,43 @@ def test_driver_trains_on_while_the_round_is_averaged_then_keeps_its_progress(mo
     driver.settle()  # end of run: the pending round lands, the model is θ₀
     assert driver.local_epoch == 2 and driver._pending is None
     torch.testing.assert_close(param.detach(), driver.outer.start[0])
+
+
+def _applied_round_with_others_declaring(declared: list[float]):
+    """A driver whose round 1 (group of 2) has just landed and made its first split check against ``declared``."""
+    driver, _ = scripted_driver(inner_steps=2)
+    driver.averager.next_result = AveragedDeltas(tensors=[torch.tensor([0.2])], members=("me", "other"))
+    driver.step(), driver.step()  # the round closes
+    driver.averager.rounds[0].ready = True
+    driver.averager.declared = declared
+    driver.step()  # the average lands (epoch 1); the first look at the declared rounds (delay 0 here)
+    assert driver.local_epoch == 1 and driver._split_checked
+    return driver
+
+
+def test_a_group_that_finished_first_looks_again_until_a_later_group_outranks_it(monkeypatch):
+    # a 2 + 2 split in which this group finished first (bench_utilization, 2026-12-07): its one look saw the
+    # other group still declaring round 0, and the two lineages of θ₀ then trained on side by side
+    monkeypatch.setattr(diloco, "SPLIT_CHECK_DELAY", 0.0)
+    driver = _applied_round_with_others_declaring([0.002, 0.002])  # the other group: still averaging
+    assert driver._split_check_at is not None and driver.averager.downloads == 0  # it will look again
+    driver.step()
+    assert driver._split_check_at is not None and driver.averager.downloads == 0
+    larger = 1 + 3 * 1e-3  # the other group closed round 1 too, with 3 members (it outranks a group of 2)
+    driver.averager.declared = [larger, 0.002]
+    driver.step()
+    assert driver.averager.downloads == 1  # adopts the winning group's θ₀
+
+
+def test_the_split_check_stops_when_every_peer_declared_this_round_or_at_the_averaging_timeout(monkeypatch):
+    monkeypatch.setattr(diloco, "SPLIT_CHECK_DELAY", 0.0)
+    smaller = 1 + 1e-3  # a group of 1 that closed round 1: outranked by this group of 2
+    driver = _applied_round_with_others_declaring([smaller, 1.0])  # and a peer that downloaded round 1
+    assert driver._split_check_at is None and driver.averager.downloads == 0
+    driver = _applied_round_with_others_declaring([0.002])
+    driver._split_check_until = 0.0  # the averaging timeout has passed: no group can still close round 1
+    driver.step()
+    assert driver._split_check_at is None and driver.averager.downloads == 0
 
 
 def test_a_failed_overlapped_round_stays_open_with_all_its_steps():

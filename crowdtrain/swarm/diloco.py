@@ -96,6 +96,8 @@ class DiLoCoOptimizer:
         self._round_priority = 0.0
         self._split_check_at: Optional[float] = None  # when to look for a higher-ranked group (after a round)
         self._split_check: Optional[Future] = None  # that look: the DHT read in flight
+        self._split_checked = True  # whether this round's first look was made (overlap: no new round before it)
+        self._split_check_until = 0.0  # looks again until then while another peer still declares an earlier round
         self._others_seen_at = -PROGRESS_TTL  # when the swarm's records last showed another peer
         self._pending: Optional[PendingRound] = None  # overlap: the closed round being averaged
         self._epoch_entered = True  # overlap: whether the tracker was told of the outer epoch (it may be busy)
@@ -134,6 +136,7 @@ class DiLoCoOptimizer:
         if self._pending is not None:
             if not self._pending.average.done():
                 self._give_up_if_left_behind()
+                self._poll_split_check()  # the last round's: it may still be looking for a later group
                 return
             self._settle_pending()
         if not self._epoch_entered:
@@ -143,14 +146,11 @@ class DiLoCoOptimizer:
         if self._report_due():
             self.tracker.report_local_progress(self.local_epoch, self.round_steps)
             self._reported = (self.local_epoch, self.round_steps, time.monotonic())
-        if self._split_check is None and self._split_check_at is not None and time.monotonic() >= self._split_check_at:
-            self._split_check = self.averager.request_declared_priorities()  # a DHT read: not on this thread
-        if self._split_check is not None and self._split_check.done():
-            self._join_winning_group()
+        self._poll_split_check()
         if self.tracker.global_epoch > self.local_epoch:
             if self._resync_backoff.ready():
                 self.resync()
-        elif self.config.overlap and self._split_check_at is not None:
+        elif self.config.overlap and not self._split_checked:
             return  # a round closed now would be averaged from a θ₀ that the split check may still replace
         elif self._winding_down is not None and not self._winding_down.finished():
             return  # the averager's process may still be running a cancelled round on the tensors to be sent
@@ -285,15 +285,26 @@ class DiLoCoOptimizer:
         if not self.averager.client_mode:
             self.averager.state_sharing_priority = self._round_priority
         self._split_check_at, self._split_check = time.monotonic() + SPLIT_CHECK_DELAY, None
+        self._split_checked, self._split_check_until = False, time.monotonic() + self.run.timeouts.averaging_timeout
         self._step_scheduler_to(self.local_epoch)
         total, squares = self.outer.fingerprint()
         logger.info(f"outer round {self.local_epoch}: {steps} inner steps, {samples} samples, group of {len(members)}, "
                     f"{time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}{note}")
 
+    def _poll_split_check(self) -> None:
+        """Start the split check's DHT read when it is due (not on this thread); act on its answer once it came."""
+        if self._split_check is None and self._split_check_at is not None and time.monotonic() >= self._split_check_at:
+            self._split_check = self.averager.request_declared_priorities()
+        if self._split_check is not None and self._split_check.done():
+            self._join_winning_group()
+
     def _join_winning_group(self) -> None:
         """If another group closed this outer round with a higher-ranked θ₀, adopt it (see
-        :mod:`crowdtrain.averaging.canonical`); otherwise this peer's group is the swarm's."""
+        :mod:`crowdtrain.averaging.canonical`); otherwise this peer's group is the swarm's so far. While
+        another peer still declares an earlier round, it may be closing this one in a group that finishes
+        later (and outranks this one): look again every ``SPLIT_CHECK_DELAY`` until the averaging timeout."""
         check, self._split_check, self._split_check_at = self._split_check, None, None
+        self._split_checked = True
         try:
             declared = self.averager.others_priorities(check.result())
         except Exception as e:  # the DHT read failed: no evidence of a split
@@ -304,6 +315,10 @@ class DiLoCoOptimizer:
             logger.info(f"outer round {self.local_epoch} split the swarm and this peer's group was not the largest: "
                         f"adopting the winning group's outer state")
             self.resync()
+            return
+        again = time.monotonic() + SPLIT_CHECK_DELAY
+        if any(priority < self.local_epoch for priority in declared) and again < self._split_check_until:
+            self._split_check_at = again
 
     def _after_failed_round(self) -> None:
         """Take the round's result from a peer that has it; if nobody is ahead, keep the round open
