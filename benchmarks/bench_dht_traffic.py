@@ -53,11 +53,13 @@ def run_swarm(args: argparse.Namespace, workdir: Path) -> tuple[Path, float, int
     return counts, time.monotonic() - started, samples
 
 
-def tally(counts_dir: Path) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
-    """(bytes by RPC, bytes by DHT key and operation, calls by DHT key and operation), all processes."""
+def tally(counts_dir: Path) -> tuple[collections.Counter, ...]:
+    """Bytes by RPC, bytes by DHT key and operation, the peers' DHT calls by key and operation, RPC calls by
+    name, and DHT RPCs served by key and operation; all processes."""
     from hivemind.dht.routing import DHTID
 
     by_rpc, by_key_hex, calls, names = collections.Counter(), collections.Counter(), collections.Counter(), set()
+    rpc_calls, rpcs_by_key_hex = collections.Counter(), collections.Counter()
     for path in counts_dir.glob("*.json"):
         for key, value in json.loads(path.read_text())["counts"].items():
             kind, rest = key.split(" ", 1)
@@ -67,14 +69,20 @@ def tally(counts_dir: Path) -> tuple[collections.Counter, collections.Counter, c
                 by_key_hex[rest] += value
             elif kind == "name":
                 names.add(rest)
+            elif kind == "rpc":
+                rpc_calls[rest] += value
+            elif kind == "rpckey":
+                rpcs_by_key_hex[rest] += value
             else:
                 calls[f"{kind} {RUN_ID_RE.sub('<run>', rest)}"] += value
     key_of = {DHTID.generate(source=name).to_bytes().hex(): RUN_ID_RE.sub("<run>", name) for name in names}
-    by_key = collections.Counter()
-    for rest, value in by_key_hex.items():
-        digest, operation = rest.split(" ")
-        by_key[f"{key_of.get(digest, digest[:12])} {operation}"] += value
-    return by_rpc, by_key, calls
+    def named(by_hex: collections.Counter) -> collections.Counter:
+        by_name = collections.Counter()
+        for rest, value in by_hex.items():
+            digest, operation = rest.split(" ")
+            by_name[f"{key_of.get(digest, digest[:12])} {operation}"] += value
+        return by_name
+    return by_rpc, named(by_key_hex), calls, rpc_calls, named(rpcs_by_key_hex)
 
 
 def main() -> None:
@@ -92,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-dht-"))
     counts, seconds, samples = run_swarm(args, workdir)
-    by_rpc, by_key, calls = tally(counts)
+    by_rpc, by_key, calls, rpc_calls, rpcs_by_key = tally(counts)
     total = sum(by_rpc.values())
     print(f"{args.peers} volunteers + coordinator, {args.mode}, {seconds:.0f} s, {samples} samples: "
           f"{total / 1e6:.2f} MB of payload sent ({total / max(1, samples) / 1e3:.2f} kB per sample)")
@@ -103,10 +111,14 @@ def main() -> None:
     for name, value in by_key.most_common(12):
         print(f"  {value / 1e6:8.2f} MB  {100 * value / total:5.1f} %  {name}")
     print("DHT calls by the peers' code:", ", ".join(f"{n} {k}" for k, n in calls.most_common(10)))
+    print(f"RPC calls (a libp2p stream each), {sum(rpc_calls.values())} in all:",
+          ", ".join(f"{n} {k}" for k, n in rpc_calls.most_common(8)))
+    print("DHT RPCs served, by key:", ", ".join(f"{n} {k}" for k, n in rpcs_by_key.most_common(10)))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
                                          "samples": samples, "payload_bytes": total, "by_rpc": by_rpc,
-                                         "by_key": by_key, "calls": calls}, indent=1))
+                                         "by_key": by_key, "calls": calls, "rpc_calls": rpc_calls,
+                                         "rpcs_by_key": rpcs_by_key}, indent=1))
 
 
 if __name__ == "__main__":

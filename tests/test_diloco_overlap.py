@@ -84,6 +84,7 @@ class ScriptedAverager:
         self.next_result = None
         self.downloads = 0
         self.declared = []  # the other peers' declared state-sharing priorities, as the split check reads them
+        self.next_download, self.hold_downloads, self.started_downloads = None, False, []
 
     def start_averaging(self, deltas, weight, timeout):
         self.sent.append(([d.clone() for d in deltas], weight))
@@ -91,8 +92,25 @@ class ScriptedAverager:
         return self.rounds[-1]
 
     def download_outer_state(self, timeout, exclude=()):
+        return self.adopt_download(self.start_download(timeout, exclude), timeout)
+
+    def start_download(self, timeout, exclude=()):
+        """A download that brings ``next_download`` ((metadata, tensors), or None: nobody sent a state), at once
+        or, with ``hold_downloads``, when the test sets the future's result."""
         self.downloads += 1
-        return False
+        download = Future()
+        if not self.hold_downloads:
+            download.set_result(self.next_download)
+        self.started_downloads.append(download)
+        return download
+
+    def adopt_download(self, download, timeout):
+        loaded = download.result()
+        if loaded is None:
+            return False
+        metadata, tensors = loaded
+        self.outer.load_state(tensors, metadata["epoch"])
+        return True
 
     def request_declared_priorities(self):
         read = Future()
@@ -140,7 +158,7 @@ def scripted_driver(inner_steps: int = 2):
     driver._resync_backoff = diloco.Backoff()
     driver._round_priority, driver._split_check_at, driver._others_seen_at, driver._pending = 0.0, None, -100.0, None
     driver._split_check, driver._epoch_entered, driver._winding_down = None, True, None
-    driver._split_checked, driver._split_check_until = True, 0.0
+    driver._split_checked, driver._split_check_until, driver._download = True, 0.0, None
     driver.inner_step_seconds = driver.outer_seconds = 0.0
     driver._start_round()
     return driver, param
@@ -249,10 +267,46 @@ def test_a_peer_left_behind_stops_looking_for_a_group_and_asks_the_swarm():
     driver.tracker.global_progress.epoch = 1  # another peer already has round 1's result
     driver.step()
     assert driver.averager.rounds[0].cancelled and driver.averager.downloads == 0
-    driver.step()  # the cancelled round fails: ask for its result, then (swarm ahead) resync
-    assert driver.averager.downloads == 2
+    driver.step()  # the cancelled round fails: ask the swarm for its result (once: it is also the resync)
+    assert driver.averager.downloads == 1
     assert driver.local_epoch == 0  # nobody sent the state (scripted): nothing applied, nothing reset
     torch.testing.assert_close(param.detach(), torch.tensor([0.5]))
+
+
+def swarm_state(driver, start: torch.Tensor) -> list[torch.Tensor]:
+    """An outer state as a peer serves it: θ₀ = ``start``, zero momentum."""
+    return [start, *(torch.zeros_like(t) for t in driver.outer.state_tensors()[1:])]
+
+
+def test_a_peer_behind_downloads_in_the_background_trains_on_and_keeps_its_progress():
+    driver, param = scripted_driver(inner_steps=2)
+    driver.averager.hold_downloads = True
+    driver.tracker.global_progress.epoch = 1  # the swarm is a round ahead
+    driver.step()  # θ = 0.9; the download starts
+    assert driver.averager.downloads == 1 and driver.local_epoch == 0
+    driver.step(), driver.step()  # θ = 0.7: trains on; a round is due, but none closes from a θ₀ being replaced
+    assert driver.averager.rounds == [] and driver.averager.downloads == 1
+    swarm_start = torch.tensor([2.0])
+    driver.averager.started_downloads[0].set_result(({"epoch": 1}, swarm_state(driver, swarm_start)))
+    driver.step()  # θ = 0.6, then θ₀' = 2: θ = 2 + (0.6 - 1) = 1.6; the 4 steps count for round 2
+    assert driver.local_epoch == 1
+    torch.testing.assert_close(driver.outer.start[0], swarm_start)
+    torch.testing.assert_close(param.detach(), torch.tensor([1.6]))
+    assert driver.tracker.reports[-2:] == [(1, 0), (1, 4)]
+    assert len(driver.averager.rounds) == 1  # ... which they complete: it closes, with all 4 steps
+    torch.testing.assert_close(driver.averager.sent[0][0][0], torch.tensor([0.4]))
+    assert driver.averager.sent[0][1] == 16.0
+
+
+def test_without_overlap_a_peer_behind_resyncs_in_the_foreground_from_the_swarm_state():
+    driver, param = scripted_driver(inner_steps=2)
+    driver.config = DiLoCoConfig(inner_steps=2, outer_lr=1.0, outer_momentum=0.0, nesterov=False, overlap=False)
+    driver.averager.next_result = None
+    driver.averager.next_download = ({"epoch": 1}, swarm_state(driver, torch.tensor([2.0])))
+    driver.tracker.global_progress.epoch = 1
+    driver.step()  # θ = 0.9, then the download, at once: the round restarts from θ₀' = 2 (the step is dropped)
+    assert driver.local_epoch == 1 and driver.round_steps == 0
+    torch.testing.assert_close(param.detach(), torch.tensor([2.0]))
 
 
 def test_a_busy_progress_tracker_does_not_hold_up_the_inner_steps():

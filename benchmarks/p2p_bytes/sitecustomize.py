@@ -54,6 +54,7 @@ def patch_p2p(module) -> None:
 
     async def counted_call(self, peer_id, handle_name, request, output_type):
         add(f"sent {handle_name} request", request.ByteSize())
+        add(f"rpc {handle_name}", 1)  # each call is a new libp2p stream: its overhead on the wire is per call
         return await call_unary(self, peer_id, handle_name, request, output_type)
 
     async def counted_add(self, handle_name, handler, input_type, balanced=False):
@@ -61,8 +62,9 @@ def patch_p2p(module) -> None:
             response = await handler(request, context)
             add(f"sent {handle_name} response", response.ByteSize())
             if getattr(request, "keys", None):  # DHT find / store: by the first key's DHTID
-                add(f"key {bytes(request.keys[0]).hex()} {handle_name.rsplit('.', 1)[-1]}",
-                    response.ByteSize() if handle_name.endswith("rpc_find") else request.ByteSize())
+                key = f"{bytes(request.keys[0]).hex()} {handle_name.rsplit('.', 1)[-1]}"
+                add(f"key {key}", response.ByteSize() if handle_name.endswith("rpc_find") else request.ByteSize())
+                add(f"rpckey {key}", 1)
             return response
         return await add_unary(self, handle_name, counted, input_type, balanced)
 

@@ -107,7 +107,21 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, DonorChoice):
     def download_outer_state(self, timeout: float, exclude: Iterable[str] = ()) -> bool:
         """Adopt the outer state of the most advanced live peer (not one of ``exclude``); False if none sent a
         usable one."""
-        loaded = self.load_state_from_peers(timeout=timeout, exclude=exclude)
+        return self.adopt_download(self.start_download(timeout, exclude), timeout)
+
+    def start_download(self, timeout: float, exclude: Iterable[str] = ()) -> Any:
+        """Start downloading the outer state of the most advanced live peer in the averager's process and return
+        at once: a future for :meth:`adopt_download`."""
+        return self.load_state_from_peers(wait=False, timeout=timeout, exclude=exclude)
+
+    def adopt_download(self, download: Any, timeout: float) -> bool:
+        """Wait for ``download`` (from :meth:`start_download`) and adopt the state it brought; False if none came
+        or it does not fit this model."""
+        try:
+            loaded = download.result(timeout=timeout)
+        except Exception as e:
+            logger.info(f"the outer state download failed: {e!r}")
+            return False
         if loaded is None:
             return False
         metadata, tensors = loaded
