@@ -1,8 +1,10 @@
 """The end-of-run hand-over's choice of donor: refused or banned peers are left out, by every honest peer alike."""
+import dataclasses
 import threading
 import time
 from types import SimpleNamespace
 
+import torch
 from hivemind.p2p import PeerID
 from hivemind.utils import ValueWithExpiration
 
@@ -75,3 +77,38 @@ def test_an_adopter_stops_waiting_for_a_candidate_that_left(monkeypatch):
     assert _seconds_to_give_up_on(True, monkeypatch, load_state_timeout=30.0) < 3.0
     # control: while the candidate is live, the wait lasts until the deadline
     assert _seconds_to_give_up_on(False, monkeypatch, load_state_timeout=2.0) >= 2.0
+
+
+def _adopter(digest: str) -> tuple[RunFinisher, list]:
+    """An adopter at the final epoch whose state digest is ``digest``; it records its downloads."""
+    downloads = []
+    averager = SimpleNamespace(allow_state_sharing=False, client_mode=False, local_epoch=4, last_download_accepted=True,
+                               load_state_from_peers=lambda **kwargs: downloads.append(kwargs))
+    run = SimpleNamespace(run_id="run-1", max_epochs=4, timeouts=SimpleNamespace(load_state_timeout=5.0))
+    finisher = RunFinisher(run=run, optimizer=SimpleNamespace(state_averager=averager), dht=None, me="QmP3",
+                           state=FinishState(digest=digest), publish=lambda: None, stop=threading.Event())
+    return finisher, downloads
+
+
+def test_an_adopter_that_holds_the_canonical_state_downloads_nothing(monkeypatch):
+    canonical = dataclasses.replace(_record("QmP1", finished=True), state_digest="a" * 64)
+    monkeypatch.setattr(finish, "live_peers", lambda dht, run_id: [canonical, _record("QmP3")])
+    monkeypatch.setattr(finish, "declared_priority", lambda dht, averager, peer_id: finish.CANONICAL_PRIORITY)
+    same, downloads = _adopter("a" * 64)
+    assert same._adopt_canonical(canonical, frozenset()) is True and downloads == [] and same.state.finished
+    # control: another state (or none published: "") is downloaded as before
+    for digest in ("b" * 64, ""):
+        other, downloads = _adopter(digest)
+        assert other._adopt_canonical(canonical, frozenset()) is True and len(downloads) == 1
+
+
+def test_the_state_digest_is_the_served_state_less_the_group_bits():
+    def averager(value: float, bits: str, epoch: int = 4):
+        state = ({"epoch": epoch, "group_bits": bits}, [torch.full((2, 3), value), torch.zeros(1, dtype=torch.bfloat16)], [])
+        return SimpleNamespace(get_current_state=lambda: state)
+
+    assert finish.state_digest(averager(1.0, "01")) == finish.state_digest(averager(1.0, "10"))
+    assert finish.state_digest(averager(1.0, "01")) != finish.state_digest(averager(1.0 + 1e-7, "01"))
+    assert finish.state_digest(averager(1.0, "01")) != finish.state_digest(averager(1.0, "01", epoch=3))
+    assert len(finish.state_digest(averager(1.0, "01"))) == 64
+    assert finish.state_digest(SimpleNamespace()) == ""  # no state to tell: no digest, so always a download

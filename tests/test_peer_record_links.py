@@ -1,4 +1,4 @@
-"""PeerRecord carries the measured link; records of peers that never measured it still parse."""
+"""PeerRecord carries the measured link and the final state digest; records of older peers still parse."""
 import time
 
 import pytest
@@ -30,3 +30,22 @@ def test_a_record_without_link_fields_parses_as_unmeasured():
 def test_impossible_links_are_rejected(overrides):
     with pytest.raises(RecordError):
         PeerRecord.from_value(_value(**overrides))
+
+
+def test_the_final_state_digest_round_trips_and_older_records_have_none():
+    assert PeerRecord.from_value(_value(state_digest="0f" * 32)).state_digest == "0f" * 32
+    value = _value()
+    del value["state_digest"]
+    assert PeerRecord.from_value(value).state_digest == ""
+
+
+@pytest.mark.parametrize("digest", ["0f" * 31, "ZZ" * 32, 7, "0f" * 32 + "\n"])
+def test_malformed_state_digests_are_rejected(digest):
+    with pytest.raises(RecordError):
+        PeerRecord.from_value(_value(state_digest=digest))
+
+
+def test_a_role_with_a_trailing_newline_is_rejected():
+    # pydantic matches its regex with re.match, where "$" also matches before a final newline
+    with pytest.raises(RecordError):
+        PeerRecord.from_value(_value(role="full\n"))

@@ -79,7 +79,7 @@ class _SignedDocumentSchema(BaseModel):
 class _PeerSchema(BaseModel):
     peer_id: constr(strict=True, max_length=128)
     name: constr(strict=True, max_length=64)
-    role: constr(strict=True, regex="^(full|client|aux)$")
+    role: constr(strict=True, regex=r"^(full|client|aux)\Z")
     address: constr(strict=True, max_length=512)
     samples: conint(strict=True, ge=0, le=MAX_SAMPLES)
     samples_per_second: confloat(strict=True, ge=0, le=MAX_SAMPLES_PER_SECOND)
@@ -96,6 +96,7 @@ class _PeerSchema(BaseModel):
     eval_value: Optional[StrictFloat] = None
     upload_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
     download_mbps: Optional[confloat(strict=True, ge=0, le=MAX_LINK_MBPS)] = None
+    state_digest: constr(strict=True, regex=r"^([0-9a-f]{64})?\Z") = ""
 
     def dict(self, **kwargs) -> dict[str, Any]:
         # hivemind's SchemaValidator refuses a record unless parsing returns exactly the stored value:
@@ -175,6 +176,8 @@ class PeerRecord:
     upload_mbps: Optional[float] = None
     "This peer's upload bandwidth measured against other peers (Mbit/s); None if not measured."
     download_mbps: Optional[float] = None
+    state_digest: str = ""
+    "At the end of the run: sha256 of the state this peer would serve (crowdtrain.swarm.finish); '' before."
 
     def to_value(self) -> dict[str, Any]:
         value = asdict(self)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import hivemind
 import torch
@@ -418,6 +418,10 @@ class OuterStateView:
         self._driver.settle()
 
     last_download_accepted: bool = False
+
+    def get_current_state(self) -> Any:
+        """The outer state as a downloader receives it (the finisher's digest)."""
+        return self._driver.averager.get_current_state()
 
     def load_state_from_peers(self, timeout: Optional[float] = None, exclude: Iterable[str] = ()) -> None:
         self.last_download_accepted = self._driver.resync(exclude)

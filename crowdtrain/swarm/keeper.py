@@ -194,7 +194,8 @@ class StateKeeper:
         evaluated = {} if latest is None else {"eval_metric": latest.result.metric, "eval_value": latest.result.value}
         return PeerRecord(peer_id=str(self.identity.peer_id), name=KEEPER_NAME, role="aux", address=self.address,
                           samples=0, samples_per_second=0.0, loss=None, epoch=self.epoch, device="cpu",
-                          finished=self.finish_state.finished, time=time.time(), **evaluated)
+                          finished=self.finish_state.finished, state_digest=self.finish_state.digest, time=time.time(),
+                          **evaluated)
 
 
 def start_keeper(config: KeeperConfig, run: RunConfig, assets: bytes, run_dir: Path, dht: hivemind.DHT,

@@ -299,7 +299,7 @@ class Volunteer:
         return PeerRecord(peer_id=str(self.identity.peer_id), name=self.config.name, role=self.role,
                           address=self.address, samples=stats.samples, samples_per_second=stats.samples_per_second,
                           loss=stats.recent_loss, epoch=optimizer.local_epoch, device=str(self.device),
-                          finished=finish_state.finished, time=time.time(),
+                          finished=finish_state.finished, state_digest=finish_state.digest, time=time.time(),
                           samples_averaged=averaging.samples_averaged, averaging_rounds=averaging.rounds,
                           averaging_failures=averaging.failures, round_seconds=averaging.last_round_seconds,
                           eval_metric=report.eval_metric or "",
