@@ -33,6 +33,7 @@ from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.averager import CompleteStateDownload
 from crowdtrain.averaging.cancel import LatestStep, PromptCancel
+from crowdtrain.averaging.declarations import SteadyDeclarations
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.rounds import RoundGradientAveraging, RoundGroups
@@ -124,7 +125,7 @@ class InviteOnlyGradientAverager(_InviteOnly, PromptCancel, GridGroups, RoundGra
 
 
 class InviteOnlyStateAverager(_InviteOnly, PromptCancel, GridGroups, RoundGroups, TrainingStateAverager, LatestStep,
-                              CompleteStateDownload, DonorChoice):
+                              CompleteStateDownload, SteadyDeclarations, DonorChoice):
     pass
 
 

@@ -24,6 +24,7 @@ from hivemind.proto import averaging_pb2
 from crowdtrain.averaging.bans import BanList, BanSnapshot
 from crowdtrain.averaging.cancel import LatestStep, PromptCancel
 from crowdtrain.averaging.consistent import ConsistentAveraging
+from crowdtrain.averaging.declarations import SteadyDeclarations
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
@@ -165,13 +166,13 @@ class FiniteStateDownload(DecentralizedAverager):
 
 
 class CompleteTrainingStateAverager(PromptCancel, GridGroups, RoundGroups, wire_compatible(TrainingStateAverager),
-                                    LatestStep, CompleteStateDownload, DonorChoice):
+                                    LatestStep, CompleteStateDownload, SteadyDeclarations, DonorChoice):
     """hivemind's TrainingStateAverager that loads complete downloaded states only, in groups of one epoch."""
 
 
 class RobustTrainingStateAverager(RobustAveraging, PromptCancel, GridGroups, RoundGroups,
                                   wire_compatible(TrainingStateAverager), LatestStep, CompleteStateDownload,
-                                  FiniteStateDownload, DonorChoice):
+                                  FiniteStateDownload, SteadyDeclarations, DonorChoice):
     """hivemind's TrainingStateAverager: robust parameter averaging, complete and finite state downloads only."""
 
 

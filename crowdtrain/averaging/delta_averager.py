@@ -14,6 +14,7 @@ from hivemind.compression import CompressionInfo
 from crowdtrain.averaging.cancel import PromptCancel
 from crowdtrain.averaging.canonical import declared_priorities, priorities_in
 from crowdtrain.averaging.consistent import ConsistentAveraging
+from crowdtrain.averaging.declarations import SteadyDeclarations
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.outer import OuterOptimizer
 
@@ -27,7 +28,7 @@ class AveragedDeltas:
     "Peer ids of the group that averaged them, this peer's included."
 
 
-class DeltaAverager(ConsistentAveraging, PromptCancel, DonorChoice):
+class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, DonorChoice):
     """A DecentralizedAverager whose averaged tensors are the round's deltas, weighted by samples.
 
     Its rounds leave every member with the same average whatever the delta compression
