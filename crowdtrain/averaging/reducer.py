@@ -150,7 +150,8 @@ class RobustAllReduceRunner(ConsistentAverageRunner):
         if [d.numel() for d in deltas] != [o.numel() for o in own]:
             return "parts of the wrong size"
         own_share = torch.cat([o.flatten() for o in own])
-        return check_aggregate(own_share, own_share + torch.cat([d.flatten() for d in deltas]), self.integrity)
+        differences = torch.cat([d.flatten() for d in deltas]).to(own_share.dtype)  # float64: see ConsistentAverageRunner
+        return check_aggregate(own_share, own_share + differences, self.integrity)
 
     async def _communicate_with_peer(self, peer_id: PeerID):
         if peer_id in self._banned:

@@ -166,9 +166,11 @@ class RunFinisher:
             logger.warning("the peer holding the final state did not answer; leaving with this peer's own state")
             return False
         if holds_it["same state"]:
-            logger.info(f"this peer's state is the final state of peer {canonical.peer_id[-6:]} (same digest): "
-                        f"nothing to download")
+            logger.info(f"this peer's state is the final state of peer {canonical.peer_id[-6:]} (same digest "
+                        f"{self.state.digest[:12]}): nothing to download")
         else:
+            logger.info(f"downloading the final state of peer {canonical.peer_id[-6:]} (this peer's digest: "
+                        f"{self.state.digest[:12] or 'none'})")
             averager.load_state_from_peers(timeout=self.download_timeout, exclude=sorted(excluded))
             if averager.local_epoch < self.run.max_epochs or not getattr(averager, "last_download_accepted", True):
                 if time.monotonic() < self.deadline:
