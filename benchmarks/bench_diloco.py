@@ -14,7 +14,8 @@ swav-tiny 64, its demo's) for about ``--steps`` steps per peer (the run stops at
 corresponds), then the exported model is evaluated here by the recipe's own held-out evaluation, the
 same code for all scenarios (albert-tiny: masked-LM loss among its scores; swav-tiny: k-NN accuracy). Bytes per sample are taken over the steady state: from the
 first coordinator status where every peer is present at epoch >= 1 to the first at the final epoch
-(join and the end-of-run state exchange excluded; whole-run figures are printed too). The coordinator
+(join and the end-of-run state exchange excluded; whole-run figures are printed too), or to the volunteers'
+exit when they leave before a status sees the final epoch (the end-of-run hand-over then counts). The coordinator
 reads the swarm's status every ``--status-interval`` seconds (a real coordinator's default: 5): those
 reads are answered by the volunteers, so they are in the volunteers' bytes; ``--background`` measures
 what an idle-communication swarm (training, no round due) sends per peer and second for several
@@ -195,7 +196,8 @@ def run_swarm(net: NamespaceLinks, bench: Bench, scenario: Scenario, workdir: Pa
         stop([coordinator])
     reports = [json.loads((workdir / f"p{i}.json").read_text()) for i in volunteers_of(net)]
     samples = sum(r["samples"] for r in reports)
-    (bytes_start, samples_start), (bytes_end, samples_end) = window
+    (bytes_start, samples_start), end = window
+    bytes_end, samples_end = end if end is not None else (net.total_sent(volunteers_of(net)), samples)
     return Result(scenario=scenario.name, samples=samples, window_samples=samples_end - samples_start,
                   window_bytes_sent=bytes_end - bytes_start,
                   bytes_per_sample=(bytes_end - bytes_start) / max(1, samples_end - samples_start),
@@ -254,8 +256,10 @@ def logged_samples(log: Path) -> int:
 
 
 def watch_window(net: NamespaceLinks, history: Path, max_epochs: int,
-                 volunteers: list[subprocess.Popen]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((bytes sent, samples) when every peer is in at epoch >= 1, (bytes, samples) at the final epoch)."""
+                 volunteers: list[subprocess.Popen]) -> tuple[tuple[int, int], Optional[tuple[int, int]]]:
+    """((bytes sent, samples) when every peer is in at epoch >= 1, (bytes, samples) at the final epoch). The end is
+    None when the volunteers left before a status saw the final epoch (the end of a run whose peers already hold
+    the final state takes about a second): the window then ends with their exit, on the samples they report."""
     start: Optional[tuple[int, int]] = None
     deadline = time.monotonic() + 1800
     seen = 0
@@ -270,7 +274,9 @@ def watch_window(net: NamespaceLinks, history: Path, max_epochs: int,
                 return start, snapshot
         seen = len(statuses)
         if all(v.poll() is not None for v in volunteers):
-            raise RuntimeError("volunteers exited before the window closed")
+            if start is None:
+                raise RuntimeError("volunteers exited before every peer was seen at epoch 1")
+            return start, None
         time.sleep(0.2)
     raise RuntimeError("the run did not reach its final epoch")
 

@@ -140,9 +140,18 @@ class Handlers:
         raise web.HTTPNotFound(reason=f"no API endpoint {request.path}")
 
 
+def watching(tracker: RunTracker):
+    """Middleware: every request tells the tracker that someone views the dashboard."""
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        tracker.watched()
+        return await handler(request)
+    return middleware
+
+
 def build_app(data: DashboardData) -> web.Application:
     h = Handlers(data)
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[watching(data.tracker), json_errors])
     app.router.add_get("/", h.index)
     app.router.add_static("/static/", STATIC_DIR)
     for path, handler in (("/api/run", h.run), ("/api/info", h.info), ("/api/peers", h.peers),

@@ -1,5 +1,6 @@
-"""Follows a run from the DHT: reads the peers' records every refresh interval, keeps the latest
-reading for the web server and hands each one to the store.
+"""Follows a run from the DHT: reads the peers' records every refresh interval while someone views the
+dashboard (every idle refresh interval otherwise), keeps the latest reading for the web server and hands
+each one to the store.
 
 Only what volunteers publish is read (the coordinator has no side channel), so any dashboard joined
 to the swarm sees the same current state.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,6 +23,7 @@ from crowdtrain.dht.records import PeerRecord
 from crowdtrain.swarm.status import status_document
 
 logger = logging.getLogger(__name__)
+WATCHED_FOR_REFRESHES = 3  # a viewer's page asks every refresh interval: it counts as watching for this many
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class RunTracker:
         self.dht, self.run, self.store, self.config = dht, run, store, config
         self._latest: Optional[Reading] = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._watched_at = -float("inf")
         self._thread = threading.Thread(target=self._loop, name="dashboard-tracker", daemon=True)
 
     def start(self) -> "RunTracker":
@@ -88,6 +92,20 @@ class RunTracker:
             self._latest = reading
         return reading
 
+    def watched(self) -> None:
+        """A viewer asked for something: read at the full refresh rate for a while (at once, if idle until now)."""
+        idle = not self.is_watched()
+        self._watched_at = time.monotonic()
+        if idle:
+            self._wake.set()
+
+    def is_watched(self) -> bool:
+        return time.monotonic() - self._watched_at < WATCHED_FOR_REFRESHES * self.config.refresh_interval
+
+    def interval(self) -> float:
+        """Seconds until the next read."""
+        return self.config.refresh_interval if self.is_watched() else self.config.idle_refresh_interval
+
     def latest(self) -> Optional[Reading]:
         with self._lock:
             return self._latest
@@ -98,10 +116,13 @@ class RunTracker:
                 self.read()
             except Exception as e:  # a DHT hiccup: the page keeps the last reading and shows its age
                 logger.warning(f"dashboard: reading the swarm failed: {type(e).__name__}: {e}")
-            if self._stop.wait(self.config.refresh_interval):
+            self._wake.wait(self.interval())
+            self._wake.clear()
+            if self._stop.is_set():
                 return
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.config.refresh_interval + 30)

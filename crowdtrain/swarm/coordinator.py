@@ -165,13 +165,19 @@ def run_coordinator(
             if not published or time.monotonic() - last_publish >= config.republish_interval:
                 published = publish_run_records(dht, identity, records)
                 last_publish = time.monotonic()
-            on_status(current_status(dht, run, dashboard, config.log_interval))
+            on_status(current_status(dht, run, dashboard, reading_max_age(config)))
     finally:
         if dashboard is not None:
             dashboard.stop()
         if keeper is not None:
             keeper.close()
         shutdown_dht(dht)
+
+
+def reading_max_age(config: CoordinatorConfig) -> float:
+    """How old a dashboard reading the status line takes: a status interval plus the dashboard's slowest
+    refresh (it reads every ``idle_refresh_interval`` while nobody views it, and a read takes a moment)."""
+    return config.log_interval + (config.dashboard.idle_refresh_interval if config.dashboard is not None else 0.0)
 
 
 def current_status(dht: hivemind.DHT, run: RunConfig, dashboard: Optional[Dashboard], max_age: float
