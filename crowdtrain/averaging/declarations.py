@@ -18,6 +18,7 @@ import asyncio
 from hivemind.averaging.averager import DecentralizedAverager
 from hivemind.utils.timed_storage import get_dht_time
 
+DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
 
 class SteadyDeclarations(DecentralizedAverager):
     def _declared_value(self):

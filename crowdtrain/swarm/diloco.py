@@ -36,6 +36,7 @@ from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
 from crowdtrain.averaging.canonical import round_priority, winning_priority
+from crowdtrain.averaging.declarations import DECLARE_STATE_PERIOD
 from crowdtrain.averaging.delta_averager import AveragedDeltas, DeltaAverager, PendingAverage
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import RunConfig
@@ -45,7 +46,6 @@ from crowdtrain.swarm.pending_round import PendingRound, carry_local_progress, s
 from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
-DECLARE_STATE_PERIOD = 5.0
 SPLIT_CHECK_DELAY = 3.0  # after an outer round, when to look for a group that closed it with a higher rank
 FIRST_FETCH_TIMEOUT = 10.0  # a newcomer waits this long for the swarm's progress before its first step
 TRACKER_REFRESH = (0.5, 10.0)  # min / max seconds between reads of the swarm's progress (hivemind's tracker reads

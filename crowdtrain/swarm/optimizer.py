@@ -24,6 +24,7 @@ from crowdtrain.averaging.averager import (
 )
 from crowdtrain.averaging.bans import BanSnapshot
 from crowdtrain.averaging.cancel import cancel_unless_grouped
+from crowdtrain.averaging.declarations import DECLARE_STATE_PERIOD
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.averaging.rounds import round_of
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 DELAYED_STEP_TIMEOUTS = 3
 "A delayed step (gradient round, optimizer step, parameter round) gets this many averaging timeouts to end."
 ROUND_POLL_S = 0.2
-DECLARE_STATE_PERIOD = 5.0  # hivemind: 30 s; a departed donor stays advertised at most this long
 
 
 @dataclass
