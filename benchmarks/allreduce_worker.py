@@ -6,14 +6,12 @@ the gradients after every step, DDP-style. Same recipe, micro-batch and optimize
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from crowdtrain.config import RunConfig
-from crowdtrain.trainers import get_recipe
+from crowdtrain.swarm.coordinator import saved_recipe
 
 
 def main() -> None:
@@ -28,8 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    run = RunConfig.from_dict(json.loads((args.run_dir / "run.json").read_text()))
-    recipe = get_recipe(run.recipe)(run.hparams, run.dataset, (args.run_dir / "assets.bin").read_bytes())
+    recipe = saved_recipe(args.run_dir)
     model = recipe.build_model()
     optimizer = recipe.make_optimizer(model.parameters())
     scheduler = recipe.make_scheduler(optimizer)

@@ -44,13 +44,12 @@ from typing import Optional
 
 import torch
 
-from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
 from crowdtrain.process import die_with_parent
+from crowdtrain.swarm.coordinator import saved_recipe
 from crowdtrain.swarm.status import read_history
 from crowdtrain.testing.local_swarm import ADDRESS_RE
 from crowdtrain.testing.netns import Link, NamespaceLinks
-from crowdtrain.trainers import get_recipe
 from crowdtrain.trainers.base import Recipe
 
 MICRO_BATCH = {"swav-tiny": 64}  # per-micro-batch Sinkhorn codes and batch norm need >= 64 images (config.py)
@@ -320,11 +319,6 @@ def evaluate(recipe: Recipe, export: Optional[Path] = None) -> dict[str, float]:
     return {result.metric: result.value, **result.extra}
 
 
-def load_recipe(run_dir: Path) -> Recipe:
-    run = RunConfig.from_dict(json.loads((run_dir / "run.json").read_text()))
-    return get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / "assets.bin").read_bytes())
-
-
 def prepare_run_dir(net: NamespaceLinks, bench: Bench, workdir: Path, key: Path, run_dir: Path) -> None:
     """Start a coordinator once so that the run directory (recipe, tokenizer) exists; later ones resume it."""
     process, _ = start_coordinator(net, bench, workdir, Scenario("prepare"), key, run_dir)
@@ -382,7 +376,7 @@ def main() -> None:
 
 def run_scenarios(net: NamespaceLinks, bench: Bench, args: argparse.Namespace, workdir: Path, key: Path,
                   run_dir: Path) -> dict:
-    recipe = load_recipe(run_dir)
+    recipe = saved_recipe(run_dir)
     initial = evaluate(recipe)
     print(json.dumps({"initial_evaluation": initial}), flush=True)
     results = []

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from crowdtrain.config import RunConfig
-from crowdtrain.trainers import get_recipe
+from crowdtrain.swarm.coordinator import saved_recipe
 
 
 def main() -> None:
@@ -26,8 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    run = RunConfig.from_dict(json.loads((args.run_dir / "run.json").read_text()))
-    recipe = get_recipe(run.recipe)(run.hparams, run.dataset, (args.run_dir / "assets.bin").read_bytes())
+    recipe = saved_recipe(args.run_dir)
     model = recipe.build_model()
     optimizer = recipe.make_optimizer(model.parameters())
     batches = recipe.batches(shard_seed=args.shard_seed, batch_size=args.batch_size)

@@ -36,6 +36,7 @@ from crowdtrain.trainers import get_recipe
 
 if TYPE_CHECKING:
     from crowdtrain.dashboard import Dashboard
+    from crowdtrain.trainers.base import Recipe
 
 logger = logging.getLogger(__name__)
 RUN_FILE, ASSETS_FILE = "run.json", "assets.bin"
@@ -51,6 +52,12 @@ class CoordinatorReady:
 
 def run_directory(config: CoordinatorConfig, run_id: str) -> Path:
     return Path(config.run_dir) if config.run_dir else default_data_dir() / "runs" / run_id
+
+
+def saved_recipe(run_dir: Path) -> "Recipe":
+    """The recipe of the run saved in ``run_dir`` (a coordinator's run directory), built as every peer builds it."""
+    run = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
+    return get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / ASSETS_FILE).read_bytes())
 
 
 def _load_saved(run_dir: Path, run_id: str) -> Optional[tuple[RunConfig, bytes]]:

@@ -19,12 +19,11 @@ from typing import Optional
 
 import torch
 
-from crowdtrain.config import RunConfig
 from crowdtrain.peers.identity import Identity
-from crowdtrain.swarm.coordinator import ASSETS_FILE, RUN_FILE
+from crowdtrain.swarm.coordinator import RUN_FILE, saved_recipe
 from crowdtrain.testing.hostile import hostile_launcher
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
-from crowdtrain.trainers import Recipe, get_recipe
+from crowdtrain.trainers import Recipe
 
 FORGERY_RE = re.compile(r"hostile: forged stores accepted (\d+), refused (\d+)")
 
@@ -100,8 +99,7 @@ def _label(scenario: Scenario) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _recipe(run_dir: Path, assets_sha256: str) -> Recipe:
-    run = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
-    return get_recipe(run.recipe)(run.hparams, run.dataset, (run_dir / ASSETS_FILE).read_bytes())
+    return saved_recipe(run_dir)
 
 
 def _held_out_loss(run_dir: Path, state: dict[str, torch.Tensor]) -> float:
