@@ -102,16 +102,18 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                       max_epochs=total // args.target_batch_size)]
     variants = [("", [], args.inner_steps), (" 8-bit", ["--compression", "8bit"], args.eight_bit),
                 (" fp16", ["--compression", "fp16"], args.fp16),
-                (" 8-bit+EF", ["--compression", "8bit", "--error-feedback"], args.error_feedback)]
+                (" 8-bit+EF", ["--compression", "8bit", "--error-feedback"], args.error_feedback),
+                (" 8-bit unscaled lr", ["--compression", "8bit", "--inner-lr-scaling", "none"], args.unscaled_lr)]
     found += [Scenario(f"diloco H={h}{suffix}", [*diloco_args(args, h), *extra], max_epochs=args.steps // h)
               for suffix, extra, values in variants for h in values]
     return found + [Scenario("allreduce every step (gloo)", allreduce=True)]
 
 
 def diloco_args(args: argparse.Namespace, inner_steps: int) -> list[str]:
-    """The coordinator's diloco options; the outer optimizer's only where given (else the run's defaults)."""
+    """The coordinator's diloco options; the outer optimizer's only where given (else the run's defaults). The
+    target batch is standard mode's: the recipe's rate is scaled from it to a peer's inner batch."""
     outer = [("--outer-lr", args.outer_lr), ("--outer-momentum", args.outer_momentum)]
-    return ["--mode", "diloco", "--inner-steps", str(inner_steps),
+    return ["--mode", "diloco", "--inner-steps", str(inner_steps), "--target-batch-size", str(args.target_batch_size),
             *(item for flag, value in outer if value is not None for item in (flag, str(value))),
             *([] if args.nesterov else ["--no-nesterov"])]
 
@@ -338,6 +340,9 @@ def main() -> None:
     parser.add_argument("--fp16", type=int, nargs="*", default=[50], help="H values also run with fp16 deltas")
     parser.add_argument("--error-feedback", type=int, nargs="*", default=[],
                         help="H values also run with 8-bit deltas and error feedback")
+    parser.add_argument("--unscaled-lr", type=int, nargs="*", default=[],
+                        help="H values also run with 8-bit deltas and the recipe's rate for inner steps "
+                             "(--inner-lr-scaling none: the control of the scaled inner rate)")
     parser.add_argument("--outer-lr", type=float, default=None, help="diloco scenarios' outer lr (default: the run's)")
     parser.add_argument("--outer-momentum", type=float, default=None,
                         help="diloco scenarios' outer momentum (default: the run's)")

@@ -99,6 +99,8 @@ class IntegrityConfig:
 
 RUN_MODES = ("standard", "diloco")
 DILOCO_COMPRESSIONS = ("none", "fp16", "8bit")
+INNER_LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+"DiLoCo's inner learning rate: the exponent p of (micro-batch / target batch) that scales the recipe's rate."
 
 
 @dataclass(kw_only=True)
@@ -118,6 +120,10 @@ class DiLoCoConfig:
     "Seconds after which a round closes even below the step budget; 0: no time budget."
     overlap: bool = True
     "Average a round's deltas in the background during the next round's inner steps (outer step one round late)."
+    inner_lr_scaling: str = "sqrt"
+    """The recipe's learning rate is tuned for the run's global batch (``target_batch_size``), but an inner
+    step takes one micro-batch: the inner rate is the recipe's × (micro-batch / target batch)^p, with p = ½
+    for ``sqrt`` (adaptive optimizers: LAMB, Adam), 1 for ``linear`` (SGD, LARS), 0 for ``none``."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.inner_steps, int) and self.inner_steps > 0, "diloco.inner_steps",
@@ -128,6 +134,12 @@ class DiLoCoConfig:
                  f"must be one of {', '.join(DILOCO_COMPRESSIONS)}, got {self.compression!r}")
         _require(self.round_time >= 0, "diloco.round_time", "must be >= 0")
         _require(isinstance(self.overlap, bool), "diloco.overlap", "must be true or false")
+        _require(self.inner_lr_scaling in INNER_LR_SCALINGS, "diloco.inner_lr_scaling",
+                 f"must be one of {', '.join(INNER_LR_SCALINGS)}, got {self.inner_lr_scaling!r}")
+
+    def inner_lr_factor(self, batch_size: int, target_batch_size: int) -> float:
+        """What the recipe's learning rate is multiplied by for inner steps of ``batch_size`` samples."""
+        return (batch_size / target_batch_size) ** INNER_LR_SCALINGS[self.inner_lr_scaling]
 
 
 @dataclass(kw_only=True)

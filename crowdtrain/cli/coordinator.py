@@ -12,8 +12,8 @@ from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_
                                    network_from_args, setup_logging, timeouts_from_args)
 from crowdtrain.averaging.compression import COMPRESSIONS
 from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
-from crowdtrain.config import (AGGREGATORS, RUN_MODES, CoordinatorConfig, DiLoCoConfig, IntegrityConfig, KeeperConfig,
-                               RunConfig)
+from crowdtrain.config import (AGGREGATORS, INNER_LR_SCALINGS, RUN_MODES, CoordinatorConfig, DiLoCoConfig,
+                               IntegrityConfig, KeeperConfig, RunConfig)
 from crowdtrain.dht.node import preferred_address
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.coordinator import CoordinatorReady, run_coordinator
@@ -89,6 +89,9 @@ def add_diloco_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--error-feedback", action="store_true", help="diloco: carry compression error over")
     group.add_argument("--round-time", type=float, default=defaults.round_time,
                        help="diloco: close a round after this many seconds even below its step budget (0: off)")
+    group.add_argument("--inner-lr-scaling", choices=sorted(INNER_LR_SCALINGS), default=defaults.inner_lr_scaling,
+                       help="diloco: inner rate = the recipe's x (micro-batch / target batch)^p, p = 1/2 (sqrt: "
+                            "LAMB, Adam), 1 (linear: SGD, LARS) or 0 (none)")
     group.add_argument("--no-diloco-overlap", dest="diloco_overlap", action="store_false",
                        help="diloco: average each round in the foreground (every peer waits for it) instead of "
                             "during the next round's inner steps")
@@ -97,7 +100,8 @@ def add_diloco_options(parser: argparse.ArgumentParser) -> None:
 def diloco_from_args(args: argparse.Namespace) -> DiLoCoConfig:
     return DiLoCoConfig(inner_steps=args.inner_steps, outer_lr=args.outer_lr, outer_momentum=args.outer_momentum,
                         nesterov=args.nesterov, compression=args.compression, error_feedback=args.error_feedback,
-                        round_time=args.round_time, overlap=args.diloco_overlap)
+                        round_time=args.round_time, overlap=args.diloco_overlap,
+                        inner_lr_scaling=args.inner_lr_scaling)
 
 
 def parse_hparams(items: list[str]) -> dict:

@@ -59,6 +59,14 @@ REPORT_MAX_AGE = 5.0  # ... and at least one per this many seconds: readers take
 # than 15 s (swarm.keeper.LIVE_PROGRESS_AGE) for a departed peer's, and hivemind's refresh keeps that time
 
 
+def scale_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every parameter group's learning rate (before a scheduler records them as its base rates)."""
+    if factor != 1.0:
+        logger.info(f"inner learning rate: {factor:.3g} x the recipe's (micro-batch vs the run's target batch)")
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+
+
 def report_stride(inner_steps: int) -> int:
     """Inner steps between two of this peer's progress records.
 
@@ -78,7 +86,8 @@ class DiLoCoOptimizer:
         self.run, self.config, self.batch_size = run, run.diloco, batch_size
         self.params = [p for p in model.parameters()]
         self.inner = recipe.make_optimizer(self.params)
-        self.scheduler = recipe.make_scheduler(self.inner)
+        scale_learning_rate(self.inner, self.config.inner_lr_factor(batch_size, run.target_batch_size))
+        self.scheduler = recipe.make_scheduler(self.inner)  # after the scaling: it takes the groups' rates as base
         self.outer = OuterOptimizer(self.params, lr=self.config.outer_lr, momentum=self.config.outer_momentum,
                                     nesterov=self.config.nesterov)
         compression = delta_compression(self.config.compression)
