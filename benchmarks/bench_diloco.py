@@ -68,6 +68,8 @@ class Bench:
     batch_size: int
     status_interval: float
     "Seconds between the coordinator's reads of the swarm status."
+    run_args: tuple[str, ...] = ()
+    "Coordinator options of every scenario (``--hparam``, ``--aggregator``), the run directory's preparation too."
 
 
 @dataclass
@@ -156,7 +158,7 @@ def start_coordinator(net: NamespaceLinks, bench: Bench, workdir: Path, scenario
                "--host", net.address(COORDINATOR), "--no-port-mapping",
                "--identity", str(key), "--run-dir", str(run_dir), "--history", str(workdir / "history.jsonl"),
                "--recipe", bench.recipe, "--log-interval", str(bench.status_interval),
-               "--max-epochs", str(scenario.max_epochs), *COMMON, *scenario.coordinator_args]
+               "--max-epochs", str(scenario.max_epochs), *COMMON, *bench.run_args, *scenario.coordinator_args]
     process = spawn(command, log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -348,6 +350,9 @@ def main() -> None:
                         help="diloco scenarios' outer momentum (default: the run's)")
     parser.add_argument("--no-nesterov", dest="nesterov", action="store_false",
                         help="diloco scenarios: plain outer momentum")
+    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe hparam of every scenario (e.g. swav-tiny's demo: lr=0.6)")
+    parser.add_argument("--aggregator", default=None, help="the runs' aggregator (default: the coordinator's)")
     parser.add_argument("--only", nargs="*", default=None, help="run only scenarios whose name starts with these, in this order")
     parser.add_argument("--status-interval", type=float, default=5.0,
                         help="seconds between the coordinator's status reads (the coordinator's default: 5)")
@@ -361,7 +366,10 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the swarm, delete the namespaces
     args.batch_size = args.batch_size or MICRO_BATCH.get(args.recipe, DEFAULT_MICRO_BATCH)
-    bench = Bench(recipe=args.recipe, batch_size=args.batch_size, status_interval=args.status_interval)
+    run_args = [item for pair in args.hparam for item in ("--hparam", pair)]
+    run_args += ["--aggregator", args.aggregator] if args.aggregator else []
+    bench = Bench(recipe=args.recipe, batch_size=args.batch_size, status_interval=args.status_interval,
+                  run_args=tuple(run_args))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-diloco-"))
     key, run_dir = workdir / "coordinator.key", workdir / "run"
     with NamespaceLinks([Link()] * (args.peers + 1)) as net:
