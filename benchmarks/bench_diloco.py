@@ -54,6 +54,7 @@ from crowdtrain.trainers.base import Recipe
 
 MICRO_BATCH = {"swav-tiny": 64}  # per-micro-batch Sinkhorn codes and batch norm need >= 64 images (config.py)
 DEFAULT_MICRO_BATCH = 8
+RUN_TIMEOUT = 3600.0  # seconds a scenario may run: standard mode's 250 rounds took 1,433 s and once > 1,800 s here
 COORDINATOR = 0  # namespace index of the coordinator; volunteers are 1..peers
 COMMON = ["--matchmaking-time", "2", "--request-timeout", "0.5", "--averaging-timeout", "30",
           "--load-state-timeout", "30"]
@@ -264,7 +265,7 @@ def watch_window(net: NamespaceLinks, history: Path, max_epochs: int,
     None when the volunteers left before a status saw the final epoch (the end of a run whose peers already hold
     the final state takes about a second): the window then ends with their exit, on the samples they report."""
     start: Optional[tuple[int, int]] = None
-    deadline = time.monotonic() + 1800
+    deadline = time.monotonic() + RUN_TIMEOUT
     seen = 0
     while time.monotonic() < deadline:
         statuses = read_history(history)
