@@ -96,8 +96,7 @@ def build(setup: Setup, hparams: dict[str, Any]) -> Recipe:
 
 
 def score(recipe: Recipe, model: torch.nn.Module, name: str) -> float:
-    result = recipe.evaluate(model)
-    return {result.metric: result.value, **result.extra}[name]
+    return recipe_scores(recipe, model)[name]
 
 
 def progress(scenario: Scenario, samples: int, total: int, started: float, value: Optional[float] = None) -> None:

@@ -1,6 +1,7 @@
 """The low-communication (DiLoCo) driver: local inner steps, outer rounds on averaged deltas.
 
-Each peer runs the recipe's optimizer on its own micro-batches at its own speed. It reports its
+Each peer runs the recipe's optimizer on its own micro-batches at its own speed, at the recipe's rate
+scaled from the run's global batch to its micro-batch (``inner_lr_scaling``). It reports its
 inner steps of the current round to a signed ``{run_id}_diloco_progress`` record (hivemind's
 ProgressTracker); a round closes when the swarm has made ``inner_steps`` steps per live peer on
 average (H is a target, not a barrier: a fast peer makes more, a slow one fewer) or after
