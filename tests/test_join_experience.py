@@ -1,11 +1,12 @@
 """Volunteer experience: measured micro-batch, the printed plan, contribution limits."""
 import json
+import os
 import time
 
 import pytest
 import torch
 
-from crowdtrain.swarm.batch_probe import ProbeLimits, Trial, probe_batch_size
+from crowdtrain.swarm.batch_probe import ProbeLimits, Trial, _MemoryMeter, probe_batch_size
 from crowdtrain.swarm.join_plan import upload_per_round
 from crowdtrain.trainers.base import EvalResult, Recipe
 
@@ -118,3 +119,17 @@ def test_join_prints_its_plan_picks_a_batch_and_leaves_at_max_samples(local_swar
     report = json.loads(volunteer.report_path.read_text())
     assert report["stop_reason"] == "reached --max-samples=200"
     assert 200 <= report["samples"] < 200 + 64
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the peak resets through Linux's /proc")
+def test_a_steps_peak_memory_counts_from_its_own_start_not_from_the_process_life():
+    # a CI rehearsal: later in a long pytest process the lifetime peak (ru_maxrss) hid the trials' own use,
+    # and the probe ran a batch beyond the memory budget; with the lifetime peak this reads >= 256 MiB
+    big = torch.ones(256 * MiB // 4)
+    del big
+    meter = _MemoryMeter(torch.device("cpu"))
+    baseline = meter.start()
+    held = torch.ones(32 * MiB // 4)
+    peak = meter.peak_since(baseline)
+    del held
+    assert 24 * MiB <= peak <= 64 * MiB, peak / MiB

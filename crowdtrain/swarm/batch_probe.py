@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
-from crowdtrain.swarm.device import peak_rss
+from crowdtrain.swarm.device import peak_rss, reset_peak_rss
 from crowdtrain.trainers.base import Recipe
 
 GAIN_TO_CONTINUE = 1.05  # stop doubling once a candidate is less than 5% faster than the best so far
@@ -76,6 +76,7 @@ class _MemoryMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return torch.cuda.memory_allocated(self.device)
+        reset_peak_rss()
         return _current_rss()
 
     def peak_since(self, baseline: int) -> int:
