@@ -238,7 +238,9 @@ def test_api_run_is_the_status_document_and_agrees_with_the_cli(training):
     assert set(after) == set(status) and set(after["peers"][0]) == set(status["peers"][0])
     for key in ("run_id", "recipe", "max_epochs", "target_batch_size"):
         assert after[key] == status[key]
-    assert before["global_epoch"] <= status["global_epoch"] <= after["global_epoch"]
+    # the CLI's own, fresh DHT node may reach other replicas of the peers' records than the dashboard's and see
+    # them a heartbeat apart: two CI rehearsals read 14 then 13, and 15 then 14 (page before, CLI after)
+    assert before["global_epoch"] - 1 <= status["global_epoch"] <= after["global_epoch"] + 1
     assert {p["name"] for p in status["peers"]} == set(VOLUNTEERS)
     earlier = {p["peer_id"]: p for p in before["peers"]}
     for peer in status["peers"]:
