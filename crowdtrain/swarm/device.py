@@ -5,6 +5,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -38,14 +39,20 @@ def default_threads() -> int:
 
 def available_ram() -> int:
     """Bytes of RAM available to new allocations (MemAvailable on Linux)."""
+    available = _proc_bytes("/proc/meminfo", "MemAvailable:")
+    return available if available is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _proc_bytes(path: str, field: str) -> Optional[int]:
+    """A ``field: N kB`` line of a /proc file, in bytes; None where there is no such file or line."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 def reset_peak_rss() -> None:
@@ -63,13 +70,9 @@ def reset_peak_rss() -> None:
 def peak_rss() -> int:
     """The highest resident set size this process has reached since :func:`reset_peak_rss`, in bytes
     (``VmHWM`` where there is ``/proc``; otherwise the lifetime peak)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak_since_reset = _proc_bytes("/proc/self/status", "VmHWM:")
+    if peak_since_reset is not None:
+        return peak_since_reset
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
