@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=25_600)
     parser.add_argument("--eval-every", type=int, default=6_400)
     parser.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON")
+    parser.add_argument("--first-shard", type=int, default=3, help="shard seed of the first virtual peer (then +1, ...)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hparams = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.hparam)}
@@ -39,7 +40,7 @@ def main() -> None:
     model = recipe.build_model()
     optimizer = recipe.make_optimizer(model.parameters())
     scheduler = recipe.make_scheduler(optimizer)
-    streams = [recipe.batches(shard_seed=3 + i, batch_size=b) for i, b in enumerate(micro)]
+    streams = [recipe.batches(shard_seed=args.first_shard + i, batch_size=b) for i, b in enumerate(micro)]
     print(f"random init: k-NN {recipe.evaluate(model).value:.4f}", flush=True)
     done = accumulated = steps = 0
     drawn = [0] * len(micro)

@@ -11,8 +11,10 @@ confirms it. Every scenario starts from the recipe's initial model and consumes 
   the same averaged gradient);
 - ``diloco``: K replicas, each with its own data stream and inner optimizer (kept across rounds, as
   ``crowdtrain.swarm.diloco`` does), H inner steps each, then the mean of their pseudo-gradients
-  θ₀ − θ_k goes through ``crowdtrain.averaging.outer.OuterOptimizer``; the recipe's schedule counts
-  outer rounds. No compression: 8-bit deltas and rounds that close on a sample budget are the swarm's.
+  θ₀ − θ_k goes through ``crowdtrain.averaging.outer.OuterOptimizer``; the recipe's schedule runs on the
+  samples of all replicas, in global epochs of ``--target-batch-size``
+  (``crowdtrain.swarm.diloco.schedule_epoch``). No compression: 8-bit deltas and rounds that close on a
+  sample budget are the swarm's.
 
 The held-out score is the recipe's own evaluation (albert-tiny: masked-LM loss), printed as a ratio to
 the standard scenario's of the same invocation.
@@ -28,11 +30,12 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from crowdtrain.averaging.outer import OuterOptimizer
+from crowdtrain.swarm.diloco import schedule_epoch
 from crowdtrain.trainers import get_recipe
 from crowdtrain.trainers.base import Recipe
 
@@ -142,24 +145,30 @@ def run_diloco(setup: Setup, scenario: Scenario) -> Result:
     rounds = max(1, round(setup.samples / per_round))
     started, curve, samples = time.monotonic(), [], 0
     for _ in range(rounds):
-        for model, optimizer, stream in zip(models, inner, streams):
-            train_inner(recipe, model, optimizer, stream, setup.inner_steps)
+        round_start = samples
+        for model, optimizer, scheduler, stream in zip(models, inner, schedulers, streams):
+            # the swarm's samples when every replica has made ``step`` inner steps of this round
+            def position(step: int) -> int:
+                return schedule_epoch(round_start + step * setup.replicas * setup.micro_batch, setup.target_batch_size)
+            train_inner(recipe, model, optimizer, scheduler, stream, setup.inner_steps, position)
             samples += setup.inner_steps * setup.micro_batch
             progress(scenario, samples, rounds * per_round, started)
         deltas = [outer.pseudo_gradient(list(m.parameters())) for m in models]
-        outer.step([torch.stack(parts).mean(0) for parts in zip(*deltas)])
-        for model, scheduler in zip(models, schedulers):
+        outer.step([torch.stack(parts).mean(0) for parts in zip(*deltas)], samples=per_round)
+        for model in models:
             outer.copy_to(list(model.parameters()))
-            if scheduler is not None:
-                scheduler.step()
         curve.append((samples, score(recipe, models[0], setup.score)))
         progress(scenario, samples, rounds * per_round, started, curve[-1][1])
     return Result(scenario.name, samples, rounds, time.monotonic() - started, recipe_scores(recipe, models[0]), curve)
 
 
 def train_inner(recipe: Recipe, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                stream: Iterator[Any], steps: int) -> None:
-    for _ in range(steps):
+                scheduler: Optional[torch.optim.lr_scheduler.LRScheduler], stream: Iterator[Any], steps: int,
+                position: Callable[[int], int]) -> None:
+    """``steps`` inner steps; before each, the schedule advances to ``position(step)`` (as the swarm's driver does)."""
+    for step in range(steps):
+        while scheduler is not None and scheduler.last_epoch < position(step):
+            scheduler.step()
         recipe.loss(model, next(stream)).backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -6,10 +6,11 @@ import torch
 
 from crowdtrain.averaging.canonical import round_priority, winning_priority
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression, round_trip
+from crowdtrain.averaging.delta_averager import valid_claim
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import DiLoCoConfig, RunConfig
 from crowdtrain.errors import RunConfigError
-from crowdtrain.swarm.diloco import scale_learning_rate
+from crowdtrain.swarm.diloco import scale_learning_rate, schedule_epoch
 
 
 def test_nesterov_outer_steps_match_hand_computed_values():
@@ -124,3 +125,22 @@ def test_a_split_round_ranks_the_larger_group_first_then_the_smallest_peer_id():
     assert winning_priority(7, [winner], winner) is None  # the same group
     with pytest.raises(ValueError):
         round_priority(7, ())
+
+
+def test_outer_state_counts_the_swarms_samples_and_schedule_epochs_follow_them():
+    outer = OuterOptimizer([torch.zeros(2)], lr=1.0, momentum=0.0, nesterov=False)
+    outer.step([torch.zeros(2)], samples=300.0)
+    outer.step([torch.zeros(2)], samples=100.0)
+    assert (outer.epoch, outer.samples) == (2, 400.0)
+    newcomer = OuterOptimizer([torch.zeros(2)], lr=1.0, momentum=0.0, nesterov=False)
+    newcomer.load_state(outer.state_tensors(), outer.epoch, outer.samples)
+    assert (newcomer.epoch, newcomer.samples) == (2, 400.0)
+    assert [schedule_epoch(s, 128) for s in (0, 127, 128, 400)] == [0, 0, 1, 3]
+
+
+@pytest.mark.parametrize("claim", [None, 3, {"epoch": 1}, {"epoch": -1, "samples": 8}, {"epoch": 1, "samples": -8},
+                                   {"epoch": 1.5, "samples": 8}, {"epoch": True, "samples": 8},
+                                   {"epoch": 1, "samples": float("inf")}, {"epoch": 1, "samples": "8"}])
+def test_malformed_round_claims_are_rejected(claim):
+    assert valid_claim({"epoch": 1, "samples": 8}) and valid_claim({"epoch": 0, "samples": 8.5})
+    assert not valid_claim(claim)

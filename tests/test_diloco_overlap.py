@@ -371,3 +371,23 @@ def test_a_slow_peer_reports_at_least_every_few_seconds(monkeypatch):
         clock[0] += 2.0
         driver.step()
     assert driver.tracker.reports[entered:] == [(0, 1), (0, 4)]
+
+
+def test_the_recipes_schedule_runs_on_the_swarms_samples_not_on_outer_rounds():
+    # 2 live peers of micro-batch 4, target batch 8: one global epoch per inner step of the swarm
+    driver, _ = scripted_driver(inner_steps=2)
+    driver.run.target_batch_size = 8
+    rate = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    driver.scheduler = torch.optim.lr_scheduler.LambdaLR(rate, lambda epoch: 1.0)
+    driver.step()
+    assert driver.scheduler.last_epoch == 0  # nothing processed before the first step
+    driver.step()
+    assert driver.scheduler.last_epoch == 1  # 4 samples of this peer x 2 peers = 8
+    assert len(driver.averager.rounds) == 1  # the round closed; its average says the group processed 24 samples
+    driver.averager.rounds[0]._result = AveragedDeltas(tensors=[torch.tensor([0.2])], members=("me", "a", "b"),
+                                                       samples=24.0)
+    driver.averager.rounds[0].ready = True
+    driver.step()  # no step back while the round is averaged; then the average lands
+    assert driver.scheduler.last_epoch == 1 and driver.outer.samples == 24.0 and driver.local_epoch == 1
+    driver.step()  # 24 in the outer state + 4 x 2 this round = 32: epoch 4 (counting rounds said 1)
+    assert driver.scheduler.last_epoch == 4

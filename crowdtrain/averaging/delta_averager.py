@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
@@ -26,6 +27,8 @@ class AveragedDeltas:
     tensors: list[torch.Tensor]
     members: tuple[str, ...]
     "Peer ids of the group that averaged them, this peer's included."
+    samples: float = 0.0
+    "The samples the group's members processed in the round (the sum of their weights)."
 
 
 class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, DonorChoice):
@@ -57,7 +60,8 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
                 tensor.copy_(delta)
         epoch = self.outer.epoch
         try:  # no retries: a failed attempt may have left partial averages in the tensors
-            control = self.step(weight=weight, gather=epoch, timeout=timeout, allow_retries=False, wait=False)
+            control = self.step(weight=weight, gather={"epoch": epoch, "samples": weight}, timeout=timeout,
+                                allow_retries=False, wait=False)
         except Exception as e:
             logger.info(f"no averaging this round: {e!r}")
             control = None
@@ -71,12 +75,17 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
             return None
         if gathered is None:
             return None
-        epochs = sorted(set(gathered.values()))
+        claims = list(gathered.values())
+        if not all(map(valid_claim, claims)):
+            logger.warning(f"discarding an average with a malformed round claim among {claims!r}")
+            return None
+        epochs = sorted({claim["epoch"] for claim in claims})
         if epochs != [epoch]:
             logger.warning(f"discarding an average with peers at outer epochs {epochs} (this peer: {epoch})")
             return None
         with self.get_tensors() as tensors:
-            return AveragedDeltas(tensors=[t.clone() for t in tensors], members=tuple(sorted(map(str, gathered))))
+            return AveragedDeltas(tensors=[t.clone() for t in tensors], members=tuple(sorted(map(str, gathered))),
+                                  samples=float(sum(claim["samples"] for claim in claims)))
 
     async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
                                       group_id: Optional[bytes] = None, **kwargs: Any) -> None:
@@ -90,7 +99,8 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
 
     def get_current_state(self) -> tuple[Any, Sequence[torch.Tensor], Sequence[CompressionInfo]]:
         tensors = self.outer.state_tensors()
-        return {"epoch": self.outer.epoch}, tensors, [CompressionInfo.from_tensor(t) for t in tensors]
+        metadata = {"epoch": self.outer.epoch, "samples": self.outer.samples}
+        return metadata, tensors, [CompressionInfo.from_tensor(t) for t in tensors]
 
     def declared_priorities(self) -> list[float]:
         """The state-sharing priorities the other peers currently declare (hivemind's download key)."""
@@ -126,12 +136,11 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
         if loaded is None:
             return False
         metadata, tensors = loaded
-        epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
-        if not isinstance(epoch, int) or epoch < 0:
-            logger.warning(f"a peer sent outer state without a valid epoch: {metadata!r}")
+        if not valid_claim(metadata):
+            logger.warning(f"a peer sent outer state without a valid epoch and sample count: {metadata!r}")
             return False
         try:
-            self.outer.load_state(tensors, epoch)
+            self.outer.load_state(tensors, metadata["epoch"], float(metadata["samples"]))
         except ValueError as e:
             logger.warning(f"rejected a downloaded outer state: {e}")
             return False
@@ -139,6 +148,15 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
             self.state_sharing_priority = epoch
         return True
 
+
+
+def valid_claim(claim: Any) -> bool:
+    """``{"epoch": int >= 0, "samples": finite number >= 0}``: what a peer says of its round or its outer state."""
+    if not isinstance(claim, dict):
+        return False
+    epoch, samples = claim.get("epoch"), claim.get("samples")
+    return (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
+            and isinstance(samples, (int, float)) and not isinstance(samples, bool) and 0 <= samples < math.inf)
 
 
 class PendingAverage:

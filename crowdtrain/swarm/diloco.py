@@ -1,7 +1,9 @@
 """The low-communication (DiLoCo) driver: local inner steps, outer rounds on averaged deltas.
 
 Each peer runs the recipe's optimizer on its own micro-batches at its own speed, at the recipe's rate
-scaled from the run's global batch to its micro-batch (``inner_lr_scaling``). It reports its
+scaled from the run's global batch to its micro-batch (``inner_lr_scaling``). The recipe's schedule (warm-up,
+decay) runs on the swarm's samples counted in standard mode's global epochs (one per ``target_batch_size``
+samples), so a run's schedule means the same data in both modes (:func:`schedule_epoch`). It reports its
 inner steps of the current round to a signed ``{run_id}_diloco_progress`` record (hivemind's
 ProgressTracker); a round closes when the swarm has made ``inner_steps`` steps per live peer on
 average (H is a target, not a barrier: a fast peer makes more, a slow one fewer) or after
@@ -66,6 +68,13 @@ def scale_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None
         logger.info(f"inner learning rate: {factor:.3g} x the recipe's (micro-batch vs the run's target batch)")
     for group in optimizer.param_groups:
         group["lr"] *= factor
+
+
+def schedule_epoch(swarm_samples: float, target_batch_size: int) -> int:
+    """Where the recipe's schedule stands after the swarm processed ``swarm_samples``: the global epochs standard
+    mode would have made with them. Counting outer rounds instead stretched a warm-up of 2 global epochs over 2
+    rounds of H inner steps each (swav-tiny, benchmarks/README.md: "The schedule on the swarm's samples")."""
+    return int(swarm_samples // target_batch_size)
 
 
 def report_stride(inner_steps: int) -> int:
@@ -134,6 +143,7 @@ class DiLoCoOptimizer:
     def step(self) -> None:
         """One inner step on the accumulated gradients; closes the round when the swarm's budget is spent."""
         started = time.perf_counter()
+        self._follow_schedule()
         self.inner.step()
         stepped = time.perf_counter()
         try:
@@ -226,7 +236,6 @@ class DiLoCoOptimizer:
     def _continue_from_swarm_state(self, keep_progress: bool = False) -> None:
         if self.error_feedback is not None:
             self.error_feedback.reset()  # the residual belonged to this peer's own round
-        self._step_scheduler_to(self.local_epoch)
         total, squares = self.outer.fingerprint()
         kept = f" (kept this round's {self.round_steps} inner steps)" if keep_progress else ""
         logger.info(f"synchronised with the swarm at outer epoch {self.local_epoch}; "
@@ -328,14 +337,16 @@ class DiLoCoOptimizer:
     def _apply_outer_step(self, averaged: Optional[AveragedDeltas], sent: list[torch.Tensor], steps: int,
                           samples: int, started: float, note: str = "") -> None:
         """The outer step with the group's average, or alone with this peer's own delta (no other peer seen)."""
-        self.outer.step(averaged.tensors if averaged is not None else sent)
+        if averaged is not None:
+            self.outer.step(averaged.tensors, samples=averaged.samples)
+        else:
+            self.outer.step(sent, samples=samples)
         members = averaged.members if averaged is not None else (str(self.averager.peer_id),)
         self._round_priority = round_priority(self.local_epoch, members)
         if not self.averager.client_mode:
             self.averager.state_sharing_priority = self._round_priority
         self._split_check_at, self._split_check = time.monotonic() + SPLIT_CHECK_DELAY, None
         self._split_checked, self._split_check_until = False, time.monotonic() + self.run.timeouts.averaging_timeout
-        self._step_scheduler_to(self.local_epoch)
         total, squares = self.outer.fingerprint()
         logger.info(f"outer round {self.local_epoch}: {steps} inner steps, {samples} samples, group of {len(members)}, "
                     f"{time.monotonic() - started:.1f} s; fingerprint {total:.6e} {squares:.6e}{note}")
@@ -401,10 +412,14 @@ class DiLoCoOptimizer:
             tracker.lock_global_progress.release()
         return True
 
-    def _step_scheduler_to(self, epoch: int) -> None:
-        """The recipe's schedule counts outer rounds here (global epochs in the standard mode)."""
+    def _follow_schedule(self) -> None:
+        """Advance the recipe's schedule to the swarm's samples: those of the rounds in the outer state, plus this
+        round's so far, estimated as this peer's times the live peers. It never goes back (the estimate may dip
+        while a closed round is being averaged)."""
         if self.scheduler is None:
             return
+        peers = max(1, self.tracker.global_progress.num_peers)
+        epoch = schedule_epoch(self.outer.samples + self.round_samples * peers, self.run.target_batch_size)
         while self.scheduler.last_epoch < epoch:
             self.scheduler.step()
 
