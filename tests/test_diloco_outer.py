@@ -1,12 +1,14 @@
 """The DiLoCo outer step, error feedback and run configuration, against hand-computed values."""
 import json
+from concurrent.futures import Future
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from crowdtrain.averaging.canonical import round_priority, winning_priority
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression, round_trip
-from crowdtrain.averaging.delta_averager import valid_claim
+from crowdtrain.averaging.delta_averager import DeltaAverager, valid_claim
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import DiLoCoConfig, RunConfig
 from crowdtrain.errors import RunConfigError
@@ -144,3 +146,25 @@ def test_outer_state_counts_the_swarms_samples_and_schedule_epochs_follow_them()
 def test_malformed_round_claims_are_rejected(claim):
     assert valid_claim({"epoch": 1, "samples": 8}) and valid_claim({"epoch": 0, "samples": 8.5})
     assert not valid_claim(claim)
+
+
+def test_a_downloaded_outer_state_brings_the_swarms_samples_and_a_malformed_one_changes_nothing():
+    source = OuterOptimizer([torch.ones(3)], lr=1.0, momentum=0.0, nesterov=False)
+    source.step([torch.full((3,), 0.5)], samples=640.0)
+    newcomer = DeltaAverager.__new__(DeltaAverager)  # the adoption alone: no DHT, no averaging process
+    newcomer.outer, newcomer.client_mode = OuterOptimizer([torch.zeros(3)], lr=1.0, momentum=0.0, nesterov=False), False
+    newcomer._state_sharing_priority, newcomer._allow_state_sharing = SimpleNamespace(value=0.0), SimpleNamespace(value=0)
+    newcomer._parent_pid = -1  # not this process: hivemind's __del__ leaves it alone
+
+    def download(metadata):
+        future = Future()
+        future.set_result((metadata, source.state_tensors()))
+        return future
+
+    assert not newcomer.adopt_download(download({"epoch": 1}), timeout=1.0)  # no sample count
+    assert (newcomer.outer.epoch, newcomer.outer.samples) == (0, 0.0)
+    torch.testing.assert_close(newcomer.outer.start[0], torch.zeros(3))
+    assert newcomer.adopt_download(download({"epoch": 1, "samples": 640.0}), timeout=1.0)
+    assert (newcomer.outer.epoch, newcomer.outer.samples) == (1, 640.0)
+    torch.testing.assert_close(newcomer.outer.start[0], torch.full((3,), 0.5))
+    assert newcomer.state_sharing_priority == 1.0  # it now offers the state it holds, ranked by its epoch

@@ -145,7 +145,7 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
             logger.warning(f"rejected a downloaded outer state: {e}")
             return False
         if not self.client_mode:  # a client's averager shares no state
-            self.state_sharing_priority = epoch
+            self.state_sharing_priority = metadata["epoch"]
         return True
 
 
