@@ -19,6 +19,7 @@ import torch
 from crowdtrain.trainers.base import Batch, EvalResult, Recipe
 from crowdtrain.trainers.lars import Lars
 from crowdtrain.trainers.schedule import WarmupDecay
+from crowdtrain.trainers.swav.batch_norm import with_fresh_batch_norm
 from crowdtrain.trainers.swav.images import DIGITS, KnnSets, open_images, validate_spec
 from crowdtrain.trainers.swav.knn import knn_accuracy
 from crowdtrain.trainers.swav.model import FeatureQueue, SwavModel
@@ -27,6 +28,8 @@ from crowdtrain.trainers.swav.objective import sinkhorn, swapped_prediction_loss
 from crowdtrain.trainers.swav.resnet import RESNET18, RESNET50, ResNetSpec
 
 EVAL_BATCH_SIZE = 256
+BATCH_NORM_SHARD = 2**31 - 1  # the training views batch-norm statistics are estimated from: the same on every peer
+BATCH_NORM_BATCHES, BATCH_NORM_BATCH_SIZE = 20, 64  # 20 x 64 images, 2 large views each
 
 _COMMON_HPARAMS: dict[str, Any] = {
     "seed": 0,
@@ -147,13 +150,25 @@ class SwavRecipe(Recipe):
         return self.schedule.scheduler(optimizer)
 
     def evaluate(self, model: torch.nn.Module) -> EvalResult:
-        """k-NN accuracy of the backbone's features on the held-out queries against the labelled bank;
-        ``extra`` holds the raw-pixel k-NN accuracy of the same sets (the control)."""
+        """k-NN accuracy of the backbone's features on the held-out queries against the labelled bank, with
+        batch-norm statistics estimated at the model's current parameters (:meth:`inference_copy`); ``extra``
+        holds the raw-pixel k-NN accuracy of the same sets (the control)."""
+        model = self.inference_copy(model)
         sets = self._knn()
         accuracy = knn_accuracy(self._features(model, sets.bank), sets.bank_labels,
                                 self._features(model, sets.queries), sets.query_labels, self.hparams["knn_k"])
         return EvalResult(metric="knn_accuracy", value=accuracy,
                           extra={"raw_pixel_knn_accuracy": self.raw_pixel_accuracy()})
+
+    def export(self, model: torch.nn.Module, directory) -> None:
+        """The model with batch-norm statistics of its final parameters (:meth:`inference_copy`)."""
+        super().export(self.inference_copy(model), directory)
+
+    def inference_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` with batch-norm statistics estimated at its current parameters, on fixed training
+        views (``batch_norm.with_fresh_batch_norm``): a swarm shares parameters, not these statistics."""
+        batches = self.batches(shard_seed=BATCH_NORM_SHARD, batch_size=BATCH_NORM_BATCH_SIZE)
+        return with_fresh_batch_norm(model, (next(batches)["large"] for _ in range(BATCH_NORM_BATCHES)))
 
     def raw_pixel_accuracy(self) -> float:
         if self._raw_pixel_accuracy is None:
