@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from crowdtrain.trainers.lars import Lars
+from crowdtrain.trainers.swav.batch_norm import with_fresh_batch_norm
 from crowdtrain.trainers.swav.images import DigitImages, open_images
 from crowdtrain.trainers.swav.knn import knn_accuracy
 from crowdtrain.trainers.swav.model import FeatureQueue
@@ -202,3 +203,22 @@ def test_image_folder_in_imagenet_layout(tmp_path):
     import random
     first = list(itertools.islice(images.stream(random.Random(0), torch.Generator()), 3))
     assert all(image.shape == (3, 16, 16) and 0 <= float(image.min()) <= float(image.max()) <= 1 for image in first)
+
+
+def test_batch_norm_statistics_are_re_estimated_on_a_copy():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(2)
+
+        def embed(self, x):
+            return self.norm(x)
+
+    model = Tiny().eval()
+    views = [torch.tensor([[0.0, 2.0], [2.0, 4.0]]), torch.tensor([[4.0, 6.0], [6.0, 8.0]])]
+    fresh = with_fresh_batch_norm(model, views)
+    # the cumulative average of the two batches' means (1, 3) and (5, 7), not an exponential one from (0, 0)
+    torch.testing.assert_close(fresh.norm.running_mean, torch.tensor([3.0, 5.0]))
+    assert not fresh.training and fresh.norm.momentum == model.norm.momentum == 0.1
+    torch.testing.assert_close(model.norm.running_mean, torch.zeros(2))  # the model itself is left as it was
+    torch.testing.assert_close(model.norm.running_var, torch.ones(2))
