@@ -73,7 +73,8 @@ def scale_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None
 def schedule_epoch(swarm_samples: float, target_batch_size: int) -> int:
     """Where the recipe's schedule stands after the swarm processed ``swarm_samples``: the global epochs standard
     mode would have made with them. Counting outer rounds instead stretched a warm-up of 2 global epochs over 2
-    rounds of H inner steps each (swav-tiny, benchmarks/README.md: "The schedule on the swarm's samples")."""
+    rounds of H inner steps each (benchmarks/README.md: "SwAV-tiny at equal samples, and the schedule on the
+    swarm's samples")."""
     return int(swarm_samples // target_batch_size)
 
 
