@@ -146,10 +146,12 @@ def run_diloco(setup: Setup, scenario: Scenario) -> Result:
     started, curve, samples = time.monotonic(), [], 0
     for _ in range(rounds):
         round_start = samples
+
+        def position(step: int) -> int:
+            """The schedule's epoch once every replica has made ``step`` inner steps of this round."""
+            return schedule_epoch(round_start + step * setup.replicas * setup.micro_batch, setup.target_batch_size)
+
         for model, optimizer, scheduler, stream in zip(models, inner, schedulers, streams):
-            # the swarm's samples when every replica has made ``step`` inner steps of this round
-            def position(step: int) -> int:
-                return schedule_epoch(round_start + step * setup.replicas * setup.micro_batch, setup.target_batch_size)
             train_inner(recipe, model, optimizer, scheduler, stream, setup.inner_steps, position)
             samples += setup.inner_steps * setup.micro_batch
             progress(scenario, samples, rounds * per_round, started)

@@ -24,6 +24,7 @@ def with_fresh_batch_norm(model: torch.nn.Module, views: Iterable[torch.Tensor])
     norms = [m for m in fresh.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return fresh
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the views
@@ -32,7 +33,7 @@ def with_fresh_batch_norm(model: torch.nn.Module, views: Iterable[torch.Tensor])
     with torch.no_grad():
         for batch in views:
             fresh.embed(batch.to(device))
-    for norm, original in zip(norms, (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))):
-        norm.momentum = original.momentum
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
     fresh.train(model.training)
     return fresh
