@@ -14,6 +14,7 @@ probe's own time budget is spent. The fastest qualifying candidate wins (batch 1
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -66,24 +67,39 @@ class ProbeResult:
 
 
 class _MemoryMeter:
-    """Peak bytes used by one step above the level before it (CUDA allocator or process RSS)."""
+    """Peak bytes a block uses above the level before it (CUDA allocator or process RSS), in ``peak``.
+
+    On CPU the garbage collector runs before the block and is held off during it: cyclic garbage of
+    earlier work, freed by an automatic collection in the middle of a trial, lowers the RSS and hides
+    the trial's own use (a CI run read a 32 MiB step as 0 bytes)."""
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.peak = 0
+        self._baseline = 0
+        self._collector_was_on = False
 
-    def start(self) -> int:
+    def __enter__(self) -> "_MemoryMeter":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            return torch.cuda.memory_allocated(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+            return self
+        gc.collect()
+        self._collector_was_on = gc.isenabled()
+        gc.disable()
         reset_peak_rss()
-        return _current_rss()
+        self._baseline = _current_rss()
+        return self
 
-    def peak_since(self, baseline: int) -> int:
+    def __exit__(self, *exc_info) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            return max(0, torch.cuda.max_memory_allocated(self.device) - baseline)
-        return max(0, peak_rss() - baseline)
+            self.peak = max(0, torch.cuda.max_memory_allocated(self.device) - self._baseline)
+            return
+        self.peak = max(0, peak_rss() - self._baseline)
+        if self._collector_was_on:
+            gc.enable()
 
 
 def _current_rss() -> int:
@@ -104,18 +120,16 @@ def measure(recipe: Recipe, model: torch.nn.Module, device: torch.device, batch_
     """One warm-up step, then the median of timed steps (at least ``min_steps`` and ``min_seconds``) on
     ``model``; gradients are dropped."""
     batches = recipe.batches(shard_seed, batch_size)
-    meter = _MemoryMeter(device)
-    baseline = meter.start()
     times: list[float] = []
-    while len(times) < min_steps + 1 or sum(times[1:]) < min_seconds:
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        started = time.perf_counter()
-        recipe.loss(model, batch).backward()
-        _sync(device)
-        times.append(time.perf_counter() - started)
-        model.zero_grad(set_to_none=True)
-    return Trial(batch_size=batch_size, step_seconds=statistics.median(times[1:]),
-                 peak_memory=meter.peak_since(baseline))
+    with _MemoryMeter(device) as meter:
+        while len(times) < min_steps + 1 or sum(times[1:]) < min_seconds:
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            started = time.perf_counter()
+            recipe.loss(model, batch).backward()
+            _sync(device)
+            times.append(time.perf_counter() - started)
+            model.zero_grad(set_to_none=True)
+    return Trial(batch_size=batch_size, step_seconds=statistics.median(times[1:]), peak_memory=meter.peak)
 
 
 def probe_batch_size(recipe: Recipe, model: torch.nn.Module, device: torch.device, limits: ProbeLimits,
