@@ -8,6 +8,8 @@ does measurable damage: a loss above the clean run's by more than the spread bet
 above the defended run's. One attack has a CI size (4 epochs, 8 s averaging timeout: at 3 epochs the
 control's damage fell under the noise bound in one of three runs); it is marked slow until its control's
 damage is safely above that bound; ``--runslow`` runs it and every attack at full size.
+A control in which the offender never returned a corrupted share to an honest peer (it joined too late
+to share a group: CI, 2026-12-07, ended +0.034 over clean) tested nothing and is run once more.
 """
 from __future__ import annotations
 
@@ -42,11 +44,14 @@ def check_attack(local_swarm: LocalSwarm, tmp_path: Path, attack: str, size: Sce
     clean = _run(local_swarm, tmp_path, identity, size, None, "centered_clip")
     defended = _run(local_swarm, tmp_path, identity, size, attack, "centered_clip")
     control = _run(local_swarm, tmp_path, identity, size, attack, "mean")
+    if control.delivered == 0:  # the offender never shared a group with an honest peer: nothing was tested
+        control = _run(local_swarm, tmp_path, identity, size, attack, "mean")  # (CI 2026-12-07: loss +0.034)
     summary = {o.scenario.aggregator if o.scenario.attack else "clean": o.to_dict() for o in (clean, defended, control)}
     print(json.dumps(summary))  # the figures, for -s
     assert clean.final_loss < float("inf") and clean.divergence < 1e-3, summary
     assert defended.final_loss <= clean.final_loss * (1 + TOLERANCE), summary
     assert defended.detected, summary
+    assert control.delivered > 0, summary
     assert control.final_loss > clean.final_loss + NOISE, summary  # the attack does damage without defences
     assert defended.final_loss < control.final_loss, summary
     return {"clean": clean, "defended": defended, "control": control}

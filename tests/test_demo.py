@@ -12,6 +12,7 @@ import pytest
 
 from crowdtrain.cli import demo
 from crowdtrain.config import DEFAULT_DEMO_PROFILES, DemoConfig
+from crowdtrain.errors import UsageError
 from crowdtrain.testing.processes import descendants, is_alive, wait_gone
 from crowdtrain.trainers.swav.recipe import SwavTiny
 
@@ -20,6 +21,9 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_demo_trains_a_swarm_and_writes_summary(tmp_path):
     out = tmp_path / "out.json"
+    earlier = tmp_path / "demo" / "run"  # an earlier demo's run in the same folder: this demo replaces it
+    demo.fresh_run_dir(earlier)
+    (earlier / "run.json").write_text(json.dumps({"run_id": "an earlier demo's run"}))
     result = subprocess.run([sys.executable, "-m", "crowdtrain", "demo", "--duration", "40", "--target-batch-size", "64",
                              "--out-dir", str(tmp_path / "demo"), "--json", str(out)],
                             capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL)
@@ -54,6 +58,20 @@ def test_interrupted_demo_stops_everything(tmp_path):
     assert demo.returncode == 130, output[-3000:]
     assert "Traceback" not in output
     assert not wait_gone(tracked, 5.0), "processes of the demo survived it"
+
+
+def test_a_demo_replaces_only_a_run_directory_an_earlier_demo_made(tmp_path):
+    made = tmp_path / "made"
+    demo.fresh_run_dir(made)
+    (made / "run.json").write_text("{}")
+    demo.fresh_run_dir(made)
+    assert sorted(p.name for p in made.iterdir()) == [demo.DEMO_MARKER]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "run.json").write_text("{}")
+    with pytest.raises(UsageError, match="not made by crowdtrain demo"):
+        demo.fresh_run_dir(foreign)
+    assert (foreign / "run.json").read_text() == "{}"
 
 
 def _demo_config(*argv: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -19,6 +20,7 @@ from crowdtrain.trainers.registry import RECIPES
 
 HELP = "run a coordinator and volunteers of different speeds on this machine"
 logger = logging.getLogger("crowdtrain.demo")
+DEMO_MARKER = "MADE-BY-CROWDTRAIN-DEMO"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +65,27 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       mode=args.mode, inner_steps=args.inner_steps)
 
 
+def demo_run_dir(config: DemoConfig) -> Path:
+    return config.out_dir / "run"
+
+
+def fresh_run_dir(run_dir: Path) -> None:
+    """An empty run directory for this demo's run: each demo is a new run (new identity, new run id), so
+    the one an earlier demo made (it carries :data:`DEMO_MARKER`) is replaced; any other is left alone."""
+    if run_dir.exists():
+        if not (run_dir / DEMO_MARKER).exists():
+            raise UsageError(f"{run_dir} exists and was not made by crowdtrain demo; pass another --out-dir")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / DEMO_MARKER).write_text("the next `crowdtrain demo` with this --out-dir replaces this directory\n")
+
+
 def _coordinator_args(config: DemoConfig) -> list[str]:
     """A short showcase on one machine: no state keeper (its start-up and downloads cost the volunteers CPU)."""
     return ["--no-keep-state", "--recipe", config.recipe, "--target-batch-size", str(config.target_batch_size),
             "--matchmaking-time", str(config.matchmaking_time), "--averaging-timeout", "6",
             "--load-state-timeout", "20", "--request-timeout", "0.5", "--log-interval", "2",
-            "--run-dir", str(config.out_dir / "run"), "--history", str(config.out_dir / "history.jsonl"),
+            "--run-dir", str(demo_run_dir(config)), "--history", str(config.out_dir / "history.jsonl"),
             "--mode", config.mode, "--inner-steps", str(config.inner_steps),
             *run_overrides(config.hparams, config.aggregator)]
 
@@ -115,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     config.out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*config.out_dir.glob("*.report.json"), config.out_dir / "history.jsonl"]:
         stale.unlink(missing_ok=True)
+    fresh_run_dir(demo_run_dir(config))
     stop = StopSignal()
     with LocalSwarm(config.out_dir) as swarm:
         logger.info("starting the coordinator (trains the tokenizer) ...")

@@ -21,7 +21,7 @@ import torch
 
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.coordinator import RUN_FILE, saved_recipe
-from crowdtrain.testing.hostile import hostile_launcher
+from crowdtrain.testing.hostile import DELIVERED, hostile_launcher
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
 from crowdtrain.trainers import Recipe
 
@@ -52,11 +52,13 @@ class Outcome:
     "Samples all peers processed (the hostile's included)."
     detected: bool
     evidence: str
+    delivered: int = 0
+    "Times the hostile returned a corrupted share to another member of its group (corrupting attacks)."
 
     def to_dict(self) -> dict:
         return {"attack": self.scenario.attack, "aggregator": self.scenario.aggregator, "final_loss": round(self.final_loss, 4),
                 "divergence": self.divergence, "samples": self.samples, "detected": self.detected,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "delivered": self.delivered}
 
 
 def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinator_identity: Identity) -> Outcome:
@@ -90,7 +92,8 @@ def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinat
     detected, evidence = _detection(scenario.attack, honest, hostile)
     return Outcome(scenario=scenario, final_loss=loss if math.isfinite(loss) else float("inf"),
                    divergence=_divergence(states), samples=sum(r["samples"] for r in reports),
-                   detected=detected, evidence=evidence)
+                   detected=detected, evidence=evidence,
+                   delivered=hostile.log().count(f"hostile: {DELIVERED}") if hostile is not None else 0)
 
 
 def _label(scenario: Scenario) -> str:
@@ -129,5 +132,5 @@ def _detection(attack: Optional[str], honest: list[PeerProcess], hostile: Option
         clamped = sum(log.count("towards a batch of") for log in logs)
         return clamped > 0, f"{sum(c > 0 for c in [log.count('towards a batch of') for log in logs])}/{len(logs)} honest peers clamped its claims"
     banned = sum(f"banned peer {short}" in log for log in logs)
-    rejected = sum(f"from peer {short}" in log or f"of peer {short}" in log for log in logs)
+    rejected = sum(f"from peer {short}" in log or f"refused the final state of peer {short}" in log for log in logs)
     return rejected > 0, f"{rejected}/{len(logs)} honest peers rejected it, {banned}/{len(logs)} banned it"

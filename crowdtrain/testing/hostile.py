@@ -14,7 +14,8 @@ averager, whatever the run's aggregator), and:
 - ``forge``: every few seconds writes progress and peer records under the other peers' subkeys
   (absurd samples, its own signature), and logs how many of those stores the swarm accepted.
 
-Each line it logs about its attack starts with ``hostile:``.
+Each line it logs about its attack starts with ``hostile:``; a corrupting one logs :data:`DELIVERED` for
+every member it returned a corrupted share to (a run in which it never shared a group tested nothing).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ CORRUPTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "ascent": lambda t: t * -SCALE,
 }
 ATTACKS = (*CORRUPTIONS, "inflate", "forge")
+DELIVERED = "returned a corrupted aggregate"
+"What a corrupting hostile logs each time another member of its group receives its corrupted share."
 
 
 def hostile_launcher(attack: str) -> list[str]:
@@ -66,7 +69,11 @@ class _CorruptingReducer(TensorPartReducer):
     async def accumulate_part(self, sender_index: int, part_index: int, tensor_part: torch.Tensor,
                               weight: float = 1.0) -> torch.Tensor:
         result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
-        return result if sender_index == self.own_sender else self.corrupt(result)
+        if sender_index == self.own_sender:
+            return result
+        if part_index == 0:
+            logger.warning(f"hostile: {DELIVERED} to sender {sender_index}")
+        return self.corrupt(result)
 
 
 def _corrupting_runner(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[AllReduceRunner]:
