@@ -17,7 +17,9 @@ from crowdtrain.averaging.canonical import declared_priorities, priorities_in
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.declarations import SteadyDeclarations
 from crowdtrain.averaging.donors import DonorChoice
+from crowdtrain.averaging.averager import RobustAveraging
 from crowdtrain.averaging.outer import OuterOptimizer
+from crowdtrain.averaging.robust import DELTA_LAW
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
     """A DecentralizedAverager whose averaged tensors are the round's deltas, weighted by samples.
 
     Its rounds leave every member with the same average whatever the delta compression
-    (:mod:`crowdtrain.averaging.consistent`). Deltas are not screened: the gradient screening's bounds
-    (a contribution over 10x the median norm) rejected an honest newcomer's first delta in a 3-peer run.
+    (:mod:`crowdtrain.averaging.consistent`). This is the plain weighted mean (the run's ``mean``
+    aggregator); :class:`RobustDeltaAverager` screens and aggregates robustly.
 
     A newcomer (or a peer that missed a round) downloads the *outer* state from it instead:
     θ₀, the momentum buffers and the outer epoch (:meth:`get_current_state`, called by hivemind in
@@ -148,6 +150,47 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
             self.state_sharing_priority = metadata["epoch"]
         return True
 
+
+
+class RobustDeltaAverager(RobustAveraging, DeltaAverager):
+    """A :class:`DeltaAverager` whose rounds screen, robustly aggregate and check deltas, and ban, as the
+    gradients' robust averager does (:mod:`crowdtrain.averaging.robust`), with the deltas' law: a delta's
+    norm grows with the samples behind it, so norms are compared per sample, and this peer scales its own
+    to the median of the samples its group claimed before it checks an aggregate.
+
+    A round in which this peer refused another member's aggregate fails for this peer (the gradients'
+    averager keeps its own values for that share and goes on): members must leave a round with the same
+    parameters, so this one re-syncs instead, like a peer that missed the round.
+    It answers on :class:`DeltaAverager`'s RPC names (hivemind names them after the class)."""
+
+    @classmethod
+    def _get_handle_name(cls, namespace: Optional[str], method_name: str) -> str:
+        return DeltaAverager._get_handle_name(namespace, method_name)
+
+    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
+                                      group_id: Optional[bytes] = None, **kwargs: Any) -> None:
+        claims = claimed_samples(group_info.gathered, self.serializer)
+        await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, law=DELTA_LAW,
+                                              claimed_weights=claims, **kwargs)
+        runner = self._running_groups[group_info.group_id if group_id is None else group_id].result()
+        if runner.rejected_shares:
+            refused = ", ".join(str(peer)[-6:] for peer in runner.rejected_shares)
+            raise AllreduceException(f"refused the aggregate of peer(s) {refused}: this round left this peer "
+                                     f"unlike its group")
+
+
+def claimed_samples(gathered: Sequence[bytes], serializer: Any) -> list[float]:
+    """The samples each member of a group claimed for the round (hivemind's gathered data: bandwidth, mode
+    and our ``{"epoch", "samples"}``); malformed claims are left out (the round is discarded for them later)."""
+    claims = []
+    for entry in gathered:
+        try:
+            claim = serializer.loads(serializer.loads(entry)[2])
+        except Exception:
+            continue
+        if valid_claim(claim):
+            claims.append(float(claim["samples"]))
+    return claims
 
 
 def valid_claim(claim: Any) -> bool:

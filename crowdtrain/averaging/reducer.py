@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Collection, Optional
+from typing import Callable, Collection, Optional, Sequence
 
 import torch
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
 from hivemind.p2p import PeerID
 
 from crowdtrain.averaging.consistent import ConsistentAverageRunner
-from crowdtrain.averaging.robust import aggregate, check_aggregate, screen
+from crowdtrain.averaging.robust import GRADIENT_MEAN_LAW, aggregate, check_aggregate, own_scale, screen
 from crowdtrain.config import IntegrityConfig
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ class RobustTensorPartReducer(TensorPartReducer):
     """hivemind's reducer for this peer's share, aggregating each part with the run's robust aggregator."""
 
     def __init__(self, part_shapes, num_senders: int, *, config: IntegrityConfig,
-                 on_rejected: Callable[[int, str], None]):
-        self.config, self.on_rejected = config, on_rejected
+                 on_rejected: Callable[[int, str], None], law: float = GRADIENT_MEAN_LAW):
+        self.config, self.on_rejected, self.law = config, on_rejected, law
         self.contributions: list[tuple[int, torch.Tensor, float]] = []
         super().__init__(part_shapes, num_senders)
 
@@ -85,7 +85,7 @@ class RobustTensorPartReducer(TensorPartReducer):
             senders = [self.contributions[i][0] for i in keep]
         else:
             senders = [sender for sender, _, _ in self.contributions]
-        rejected = screen(parts, weights, self.config)
+        rejected = screen(parts, weights, self.config, self.law)
         for index, reason in rejected.items():
             self.on_rejected(senders[index], reason)
         kept = [i for i in range(len(parts)) if i not in rejected and weights[i] > 0]
@@ -98,16 +98,25 @@ class RobustTensorPartReducer(TensorPartReducer):
 
 class RobustAllReduceRunner(ConsistentAverageRunner):
     """:class:`~crowdtrain.averaging.consistent.ConsistentAverageRunner` with :class:`RobustTensorPartReducer`,
-    checked aggregates and bans."""
+    checked aggregates and bans.
 
-    def __init__(self, *, integrity: IntegrityConfig, banned: Collection[str], **kwargs):
+    ``law`` is how the averaged contributions' norms grow with their samples
+    (:data:`~crowdtrain.averaging.robust.GRADIENT_MEAN_LAW` or ``DELTA_LAW``); ``claimed_weights`` are the
+    weights the group's members claimed before the round (deltas: their samples), to which this peer
+    scales its own norm when it checks an aggregate. Shares whose aggregate this peer rejected (it keeps
+    its own values there) are in :attr:`rejected_shares`."""
+
+    def __init__(self, *, integrity: IntegrityConfig, banned: Collection[str], law: float = GRADIENT_MEAN_LAW,
+                 claimed_weights: Sequence[float] = (), **kwargs):
         super().__init__(**kwargs)
         self.integrity = integrity
         self.offences: dict[PeerID, list[str]] = {}
+        self.rejected_shares: set[PeerID] = set()
+        self._own_scale = own_scale(self.weight, claimed_weights, law)
         self.tensor_part_reducer.finished.set()  # hivemind's reducer is replaced before it received anything
         self.tensor_part_reducer = RobustTensorPartReducer(
             tuple(part.shape for part in self.parts_for_local_averaging), len(self.sender_peer_ids),
-            config=integrity, on_rejected=self._on_rejected_sender)
+            config=integrity, on_rejected=self._on_rejected_sender, law=law)
         self._banned = {peer for peer in self.ordered_peer_ids if peer != self.peer_id and str(peer) in banned}
         for peer in self._banned & set(self.sender_peer_ids):
             self.banned_senders.add(peer)
@@ -142,6 +151,7 @@ class RobustAllReduceRunner(ConsistentAverageRunner):
             reason = self._check_share(own, deltas)
             if reason is not None:
                 self._offence(self.ordered_peer_ids[peer_index], f"an aggregate with {reason}")
+                self.rejected_shares.add(self.ordered_peer_ids[peer_index])
                 deltas = [torch.zeros_like(part) for part in own]  # keep this peer's own values for that share
         for index, part_delta in enumerate(deltas):
             super().on_delta(peer_index, index, part_delta.reshape(own[index].shape))
@@ -151,7 +161,7 @@ class RobustAllReduceRunner(ConsistentAverageRunner):
             return "parts of the wrong size"
         own_share = torch.cat([o.flatten() for o in own])
         differences = torch.cat([d.flatten() for d in deltas]).to(own_share.dtype)  # float64: see ConsistentAverageRunner
-        return check_aggregate(own_share, own_share + differences, self.integrity)
+        return check_aggregate(own_share, own_share + differences, self.integrity, self._own_scale)
 
     async def _communicate_with_peer(self, peer_id: PeerID):
         if peer_id in self._banned:

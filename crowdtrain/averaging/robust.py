@@ -7,14 +7,21 @@ the median weight, exceeds ``max_norm_ratio`` x the median of the scaled norms; 
 combined by the run's aggregator, whose weights (claimed samples) count at most ``max_weight_ratio`` x
 the median weight.
 
-Why scaled: a contribution is the mean gradient of the samples a peer accumulated, and its noise falls
+Why scaled (``law``, how an honest contribution's norm grows with its samples: ``norm ~ samples ** law``):
+a gradient contribution is the mean gradient of the samples a peer accumulated, and its noise falls
 as 1/sqrt(samples). Honest peers of different speeds send means of very different sample counts (in a
 2-volunteer swarm, 8 against 100+ samples), whose raw norms differ by 10x and more: the raw bound
 banned honest slow peers (seen on 2026-12-06 in the dashboard's test swarm, "norm 0.416 is over 10 x the
 median 0.0307"). Scaling each norm by sqrt(weight / median weight) compares them at equal sample
 counts. A peer cannot buy room by claiming fewer samples: its weight in the mean shrinks faster
 (as w) than its allowed norm grows (as 1/sqrt(w)), so its influence stays within the bound of a peer
-at the median weight; claiming more only tightens its own bound. The norm bound applies from three
+at the median weight; claiming more only tightens its own bound. A DiLoCo delta instead *sums* the
+peer's inner steps (one per micro-batch, each of about the inner rate's size): its norm grows with its
+samples (:data:`DELTA_LAW`), and it is compared per sample, ``norm x median weight / weight`` (the gradients'
+scaling put a peer 5x faster than the median 11x over the median). There a larger claim would buy a larger
+norm, so a claim counts at most ``max_weight_ratio`` x the median weight, as in the aggregate: an honest
+peer that processed more than ``max_norm_ratio x max_weight_ratio`` (20x at the defaults) the median's
+samples in a round is rejected too. The norm bound applies from three
 contributions up (``MIN_CONTRIBUTIONS_FOR_NORM_BOUND``): with two there is no majority to tell which one
 is off, as with any robust aggregator.
 
@@ -29,7 +36,9 @@ is off, as with any robust aggregator.
 
 :func:`check_aggregate` is what a peer applies to the aggregate *another* peer reduced for it: the
 reducer may be the hostile one. The honest aggregate of ``n`` contributions including ours is finite,
-at most ``max_norm_ratio`` x our norm (for honest peers of similar batch sizes), and positively
+at most ``max_norm_ratio`` x our norm (for honest peers of similar batch sizes; a delta's own norm is
+first scaled to the group's median claimed weight by the law: a peer that joined late in a round, with
+a few inner steps, would otherwise refuse every honest aggregate), and positively
 aligned with our contribution (in high dimension our own term dominates the cross terms of
 independent gradient noise). What passes this check is still chosen by the reducer: it bounds, but
 cannot remove, a hostile reducer's influence on its own share of the coordinates (BTARD adds
@@ -50,12 +59,25 @@ MIN_CONTRIBUTIONS_FOR_NORM_BOUND = 3
 of a 2-volunteer swarm struck and banned each other). Two contributions are only checked for finiteness."""
 
 
+GRADIENT_MEAN_LAW = -0.5
+"A gradient mean's norm (its noise) falls as samples ** -0.5."
+DELTA_LAW = 1.0
+"A parameter delta's norm grows about as its samples: one inner step per micro-batch."
+
+
+def at_weight(norm: torch.Tensor, weight: torch.Tensor, reference: torch.Tensor, law: float) -> torch.Tensor:
+    """``norm`` of a contribution of ``weight`` samples, scaled to ``reference`` samples by ``law``."""
+    return norm * (reference / weight) ** law
+
+
 def _median(values: torch.Tensor) -> torch.Tensor:
     return values.median() if values.numel() else values.new_zeros(())
 
 
-def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: IntegrityConfig) -> dict[int, str]:
-    """Reasons to reject, by index: non-finite values or weight, or a norm beyond the bound.
+def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: IntegrityConfig,
+           law: float = GRADIENT_MEAN_LAW) -> dict[int, str]:
+    """Reasons to reject, by index: non-finite values or weight, or a norm (scaled to the median weight by
+    ``law``) beyond the bound.
 
     Zero-weight entries are neither rejected nor part of the median."""
     rejected: dict[int, str] = {}
@@ -75,7 +97,9 @@ def screen(parts: Sequence[torch.Tensor], weights: Sequence[float], config: Inte
     weight_of = torch.tensor([float(w) if measured[i] else float("nan") for i, w in enumerate(weights)],
                              dtype=torch.float64)
     median_weight = _median(weight_of[measured])
-    scaled = norms * (weight_of / median_weight).sqrt()
+    if law > 0:  # a larger claim would buy a larger norm: claims count at most as much as in the aggregate
+        weight_of = weight_of.clamp(max=float(config.max_weight_ratio * median_weight))
+    scaled = at_weight(norms, weight_of, median_weight, law)
     median = _median(scaled[measured])
     for index in range(len(parts)):
         if index not in rejected and scaled[index] > config.max_norm_ratio * median:
@@ -124,15 +148,27 @@ def aggregate(stack: torch.Tensor, weights: torch.Tensor, config: IntegrityConfi
     return weighted_mean(stack, weights)
 
 
-def check_aggregate(own: torch.Tensor, result: torch.Tensor, config: IntegrityConfig) -> Optional[str]:
-    """Why the aggregate ``result`` that another peer returned for our part ``own`` is unusable, or None."""
+def check_aggregate(own: torch.Tensor, result: torch.Tensor, config: IntegrityConfig,
+                    own_scale: float = 1.0) -> Optional[str]:
+    """Why the aggregate ``result`` that another peer returned for our part ``own`` is unusable, or None.
+    ``own_scale`` scales our norm to the group's median weight (deltas: :func:`own_scale`)."""
     if result.shape != own.shape:
         return f"shape {tuple(result.shape)} instead of {tuple(own.shape)}"
     if not bool(torch.isfinite(result).all()):
         return "non-finite values"
-    own_norm, norm = float(own.norm()), float(result.norm())
+    own_norm, norm = float(own.norm()) * own_scale, float(result.norm())
     if norm > config.max_norm_ratio * own_norm:
-        return f"norm {norm:.3g} is over {config.max_norm_ratio:g} x this peer's own {own_norm:.3g}"
+        scaled = "" if own_scale == 1.0 else " (at the group's median weight)"
+        return f"norm {norm:.3g} is over {config.max_norm_ratio:g} x this peer's own {own_norm:.3g}{scaled}"
     if float(own.flatten() @ result.flatten()) < 0:
         return "points away from this peer's own contribution"
     return None
+
+
+def own_scale(own_weight: float, claimed_weights: Sequence[float], law: float) -> float:
+    """What scales this peer's norm to the median of the weights its group claimed (1 without claims)."""
+    claims = torch.tensor([float(w) for w in claimed_weights if 0 < w < float("inf")], dtype=torch.float64)
+    if not claims.numel() or not own_weight > 0:
+        return 1.0
+    return float(at_weight(torch.tensor(1.0, dtype=torch.float64), torch.tensor(float(own_weight), dtype=torch.float64),
+                           _median(claims), law))

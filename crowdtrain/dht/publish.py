@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import zlib
 from dataclasses import dataclass
 from concurrent.futures import Future
@@ -192,6 +193,18 @@ def publish_integrity(dht: hivemind.DHT, identity: Identity, run_id: str, record
     """Publish whom this peer rejected and banned (kept as long as the run's records)."""
     dht.store(integrity_key(run_id), record.to_value(), get_dht_time() + RUN_RECORD_TTL,
               subkey=owner_marker(identity), return_future=True)
+
+
+def ban_publisher(dht: hivemind.DHT, identity: Identity, run_id: str) -> Callable[[Any], None]:
+    """What a robust averager calls (in its own process) with its ban list (``strikes``, ``banned``) after a
+    round that struck a peer: :func:`publish_integrity` of it."""
+    me = str(identity.peer_id)
+
+    def publish(snapshot: Any) -> None:
+        record = IntegrityRecord(reporter=me, strikes=snapshot.strikes, banned=snapshot.banned, time=time.time())
+        publish_integrity(dht, identity, run_id, record)
+
+    return publish
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,10 @@ from hivemind.utils import get_dht_time
 from crowdtrain.averaging.compression import ErrorFeedback, delta_compression
 from crowdtrain.averaging.canonical import round_priority, winning_priority
 from crowdtrain.averaging.declarations import DECLARE_STATE_PERIOD
-from crowdtrain.averaging.delta_averager import AveragedDeltas, DeltaAverager, PendingAverage
+from crowdtrain.averaging.delta_averager import AveragedDeltas, DeltaAverager, PendingAverage, RobustDeltaAverager
 from crowdtrain.averaging.outer import OuterOptimizer
 from crowdtrain.config import RunConfig
+from crowdtrain.dht.publish import ban_publisher
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.backoff import Backoff
 from crowdtrain.swarm.pending_round import PendingRound, carry_local_progress, snapshot
@@ -105,11 +106,13 @@ class DiLoCoOptimizer:
         self.error_feedback = ErrorFeedback(compression) if self.config.error_feedback else None
         timeouts = run.timeouts
         prefix = f"{run.run_id}_diloco"
-        self.averager = DeltaAverager(
+        robust = ({"integrity": run.integrity, "publish": ban_publisher(dht, identity, run.run_id)}
+                  if run.integrity.robust else {})
+        self.averager = (RobustDeltaAverager if robust else DeltaAverager)(
             self.outer, dht=dht, prefix=prefix, start=True, min_matchmaking_time=timeouts.matchmaking_time,
             request_timeout=timeouts.request_timeout, allreduce_timeout=timeouts.averaging_timeout,
             next_chunk_timeout=timeouts.next_chunk_timeout, compression=compression, client_mode=client_mode,
-            declare_state_period=DECLARE_STATE_PERIOD)
+            declare_state_period=DECLARE_STATE_PERIOD, **robust)
         self.tracker = ProgressTracker(
             dht, prefix, self.config.inner_steps, client_mode=client_mode, private_key=identity.private_key,
             min_refresh_period=TRACKER_REFRESH[0], max_refresh_period=TRACKER_REFRESH[1],

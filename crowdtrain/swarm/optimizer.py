@@ -22,15 +22,13 @@ from crowdtrain.averaging.averager import (
     RobustTrainingStateAverager,
     gradient_averager_factory,
 )
-from crowdtrain.averaging.bans import BanSnapshot
 from crowdtrain.averaging.cancel import cancel_unless_grouped
 from crowdtrain.averaging.declarations import DECLARE_STATE_PERIOD
 from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.averaging.rounds import round_of
 from crowdtrain.config import IntegrityConfig, RunConfig
-from crowdtrain.dht.publish import publish_integrity
-from crowdtrain.dht.records import IntegrityRecord
+from crowdtrain.dht.publish import ban_publisher
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.backoff import Backoff
 from crowdtrain.swarm.tracker import BoundedProgressTracker
@@ -350,12 +348,6 @@ def build_swarm_optimizer(
     timeouts = run.timeouts if averaging is None else averaging.timeouts
     measured_opts = {} if averaging is None else averaging.averager_opts()
     grad_compression = gradient_compression(run, access, averaging)
-    me = str(identity.peer_id)
-
-    def publish_bans(snapshot: BanSnapshot) -> None:
-        record = IntegrityRecord(reporter=me, strikes=snapshot.strikes, banned=snapshot.banned, time=time.time())
-        publish_integrity(dht, identity, run.run_id, record)
-
     return SwarmOptimizer(
         access=access,
         dht=dht,
@@ -377,7 +369,7 @@ def build_swarm_optimizer(
         averager_opts={"request_timeout": timeouts.request_timeout, "declare_state_period": DECLARE_STATE_PERIOD,
                        **measured_opts},
         tracker_opts={"private_key": identity.private_key},
-        grad_averager_factory=gradient_averager_factory(run.integrity, publish_bans),
+        grad_averager_factory=gradient_averager_factory(run.integrity, ban_publisher(dht, identity, run.run_id)),
         integrity=run.integrity,
         verbose=logger.isEnabledFor(logging.DEBUG),
     )

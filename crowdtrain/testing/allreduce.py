@@ -25,10 +25,13 @@ class SameHandles:
 
 async def allreduce(tensors: Sequence[torch.Tensor], runner_types: Sequence[type], ban_last: bool = False,
                     compressions: Optional[Sequence[CompressionBase]] = None, part_size_bytes: int = 2**14,
+                    weights: Optional[Sequence[float]] = None,
                     **robust_kwargs) -> tuple[list[list[torch.Tensor]], list[AllReduceRunner]]:
-    """All-reduces ``tensors[i]`` with a ``runner_types[i]`` each (compressing with ``compressions[i]``);
-    returns each peer's result and the runners. ``robust_kwargs`` go to the robust runners."""
+    """All-reduces ``tensors[i]`` with a ``runner_types[i]`` each (compressing with ``compressions[i]``, weighing
+    it ``weights[i]``, 1 by default); returns each peer's result and the runners. ``robust_kwargs`` go to the
+    robust runners."""
     compressions = compressions or [NoCompression()] * len(tensors)
+    weights = weights or [1.0] * len(tensors)
     first = await P2P.create(nat_port_map=False)
     maddrs = await first.get_visible_maddrs()
     others = await asyncio.gather(*(P2P.create(initial_peers=maddrs, nat_port_map=False)
@@ -38,10 +41,10 @@ async def allreduce(tensors: Sequence[torch.Tensor], runner_types: Sequence[type
         peer_ids = [p2p.peer_id for p2p in p2ps]
         robust_kwargs["banned"] = {str(peer_ids[-1])} if ban_last else set()
         runners = []
-        for p2p, runner_type, tensor, compression in zip(p2ps, runner_types, tensors, compressions):
+        for p2p, runner_type, tensor, compression, weight in zip(p2ps, runner_types, tensors, compressions, weights):
             extra = robust_kwargs if issubclass(runner_type, RobustAllReduceRunner) else {}
             runner = runner_type(p2p=p2p, servicer_type=AllReduceRunner, prefix=None, group_id=b"group",
-                                 tensors=[tensor.clone()], weight=1.0, ordered_peer_ids=peer_ids,
+                                 tensors=[tensor.clone()], weight=weight, ordered_peer_ids=peer_ids,
                                  peer_fractions=(1 / len(tensors),) * len(tensors), part_size_bytes=part_size_bytes,
                                  sender_timeout=5.0, reducer_timeout=10.0, compression=compression, **extra)
             await runner.add_p2p_handlers(p2p)
