@@ -19,7 +19,6 @@ from crowdtrain.averaging.declarations import SteadyDeclarations
 from crowdtrain.averaging.donors import DonorChoice
 from crowdtrain.averaging.averager import RobustAveraging
 from crowdtrain.averaging.outer import OuterOptimizer
-from crowdtrain.averaging.robust import DELTA_LAW
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +153,9 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
 
 class RobustDeltaAverager(RobustAveraging, DeltaAverager):
     """A :class:`DeltaAverager` whose rounds screen, robustly aggregate and check deltas, and ban, as the
-    gradients' robust averager does (:mod:`crowdtrain.averaging.robust`), with the deltas' law: a delta's
-    norm grows with the samples behind it, so norms are compared per sample, and this peer scales its own
-    to the median of the samples its group claimed before it checks an aggregate.
+    gradients' robust averager does (:mod:`crowdtrain.averaging.robust`), with the deltas' rules: no norm
+    bound on contributions (non-finite ones are rejected; CenteredClip bounds the rest), and a peer that
+    ran fewer samples than its group's median scales its own norm up to it before it checks an aggregate.
 
     A round in which this peer refused another member's aggregate fails for this peer (the gradients'
     averager keeps its own values for that share and goes on): members must leave a round with the same
@@ -170,8 +169,8 @@ class RobustDeltaAverager(RobustAveraging, DeltaAverager):
     async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
                                       group_id: Optional[bytes] = None, **kwargs: Any) -> None:
         claims = claimed_samples(group_info.gathered, self.serializer)
-        await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, law=DELTA_LAW,
-                                              claimed_weights=claims, **kwargs)
+        await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, claimed_samples=claims,
+                                              **kwargs)
         runner = self._running_groups[group_info.group_id if group_id is None else group_id].result()
         if runner.rejected_shares:
             refused = ", ".join(str(peer)[-6:] for peer in runner.rejected_shares)

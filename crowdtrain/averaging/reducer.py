@@ -26,7 +26,7 @@ from hivemind.averaging.partition import AllreduceException, BannedException, Te
 from hivemind.p2p import PeerID
 
 from crowdtrain.averaging.consistent import ConsistentAverageRunner
-from crowdtrain.averaging.robust import GRADIENT_MEAN_LAW, aggregate, check_aggregate, own_scale, screen
+from crowdtrain.averaging.robust import aggregate, check_aggregate, late_joiner_scale, screen
 from crowdtrain.config import IntegrityConfig
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ class RobustTensorPartReducer(TensorPartReducer):
     """hivemind's reducer for this peer's share, aggregating each part with the run's robust aggregator."""
 
     def __init__(self, part_shapes, num_senders: int, *, config: IntegrityConfig,
-                 on_rejected: Callable[[int, str], None], law: float = GRADIENT_MEAN_LAW):
-        self.config, self.on_rejected, self.law = config, on_rejected, law
+                 on_rejected: Callable[[int, str], None], bound_norms: bool = True):
+        self.config, self.on_rejected, self.bound_norms = config, on_rejected, bound_norms
         self.contributions: list[tuple[int, torch.Tensor, float]] = []
         super().__init__(part_shapes, num_senders)
 
@@ -85,7 +85,7 @@ class RobustTensorPartReducer(TensorPartReducer):
             senders = [self.contributions[i][0] for i in keep]
         else:
             senders = [sender for sender, _, _ in self.contributions]
-        rejected = screen(parts, weights, self.config, self.law)
+        rejected = screen(parts, weights, self.config, self.bound_norms)
         for index, reason in rejected.items():
             self.on_rejected(senders[index], reason)
         kept = [i for i in range(len(parts)) if i not in rejected and weights[i] > 0]
@@ -100,23 +100,24 @@ class RobustAllReduceRunner(ConsistentAverageRunner):
     """:class:`~crowdtrain.averaging.consistent.ConsistentAverageRunner` with :class:`RobustTensorPartReducer`,
     checked aggregates and bans.
 
-    ``law`` is how the averaged contributions' norms grow with their samples
-    (:data:`~crowdtrain.averaging.robust.GRADIENT_MEAN_LAW` or ``DELTA_LAW``); ``claimed_weights`` are the
-    weights the group's members claimed before the round (deltas: their samples), to which this peer
-    scales its own norm when it checks an aggregate. Shares whose aggregate this peer rejected (it keeps
-    its own values there) are in :attr:`rejected_shares`."""
+    Deltas (:class:`~crowdtrain.averaging.delta_averager.RobustDeltaAverager`) pass ``claimed_samples``, what
+    the group's members claimed before the round: contributions are then screened without a norm bound, and
+    this peer's own norm is scaled up to the group's median samples when it checks an aggregate
+    (:mod:`crowdtrain.averaging.robust`). Shares whose aggregate this peer rejected (it keeps its own values
+    there) are in :attr:`rejected_shares`."""
 
-    def __init__(self, *, integrity: IntegrityConfig, banned: Collection[str], law: float = GRADIENT_MEAN_LAW,
-                 claimed_weights: Sequence[float] = (), **kwargs):
+    def __init__(self, *, integrity: IntegrityConfig, banned: Collection[str],
+                 claimed_samples: Optional[Sequence[float]] = None, **kwargs):
         super().__init__(**kwargs)
         self.integrity = integrity
         self.offences: dict[PeerID, list[str]] = {}
         self.rejected_shares: set[PeerID] = set()
-        self._own_scale = own_scale(self.weight, claimed_weights, law)
+        deltas = claimed_samples is not None
+        self._own_scale = late_joiner_scale(self.weight, claimed_samples) if deltas else 1.0
         self.tensor_part_reducer.finished.set()  # hivemind's reducer is replaced before it received anything
         self.tensor_part_reducer = RobustTensorPartReducer(
             tuple(part.shape for part in self.parts_for_local_averaging), len(self.sender_peer_ids),
-            config=integrity, on_rejected=self._on_rejected_sender, law=law)
+            config=integrity, on_rejected=self._on_rejected_sender, bound_norms=not deltas)
         self._banned = {peer for peer in self.ordered_peer_ids if peer != self.peer_id and str(peer) in banned}
         for peer in self._banned & set(self.sender_peer_ids):
             self.banned_senders.add(peer)
