@@ -26,6 +26,8 @@ from crowdtrain.testing.local_swarm import LocalSwarm
 
 CI_SIZE = Scenario(attack=None, aggregator="centered_clip", max_epochs=4, averaging_timeout=8.0)
 FULL_SIZE = Scenario(attack=None, aggregator="centered_clip", max_epochs=6)
+DILOCO_SIZE = Scenario(attack=None, aggregator="centered_clip", mode="diloco", inner_steps=10, max_epochs=6,
+                       averaging_timeout=8.0)
 TOLERANCE = 0.05
 SAMPLES_DAMAGE = 0.75  # inflated claims: the share of the clean run's samples below which the run was damaged
 NOISE = 0.1  # 7 clean runs of this scenario (4 epochs, 2026-11-25) ended up to 0.062 apart in held-out loss
@@ -77,6 +79,17 @@ def test_amplified_gradient_ascent_from_a_group_member(local_swarm, tmp_path):
     failed a CI rehearsal: LAMB normalises a gradient's scale away, and short runs rarely all-reduce with
     every peer, so the damage without defences is small next to the clean runs' spread (0.062)."""
     check_attack(local_swarm, tmp_path, "ascent", CI_SIZE)
+
+
+@pytest.mark.slow  # 3 DiLoCo swarms per attack: 5-6 minutes each on a 2-core machine
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("attack", ["nan", "ascent"])
+def test_corrupted_deltas_from_a_group_member_in_diloco_mode(local_swarm, tmp_path, attack):
+    """DiLoCo (10 inner steps, 6 outer rounds): a peer that sends corrupted deltas and returns a corrupted
+    average of its share. With robust aggregation every honest peer refuses its share (those rounds fail for
+    them, and they ban it) and clips or rejects its deltas; with the plain mean (the control) they apply them."""
+    outcomes = check_attack(local_swarm, tmp_path, attack, DILOCO_SIZE)
+    assert outcomes["defended"].divergence < 1e-3, outcomes["defended"].to_dict()
 
 
 @pytest.mark.slow

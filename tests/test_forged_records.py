@@ -10,11 +10,13 @@ from hivemind.optim.progress_tracker import TrainingProgressSchema
 from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 
+from crowdtrain.averaging.bans import BanSnapshot
 from crowdtrain.config import NetworkConfig
 from crowdtrain.dht.node import shutdown_dht, start_dht, visible_addresses
-from crowdtrain.dht.publish import owner_marker, read_integrity, read_peers
+from crowdtrain.dht.publish import ban_publisher, owner_marker, read_integrity, read_peers
 from crowdtrain.dht.records import IntegrityRecord, PeerRecord, integrity_key, peers_key, run_validator, subkey_values
 from crowdtrain.peers.identity import Identity
+from crowdtrain.swarm.finish import banned_peers
 
 pytestmark = pytest.mark.timeout(120)
 RUN_ID = "run-0123456789abcdef"
@@ -110,3 +112,21 @@ def test_a_record_naming_another_peer_under_the_writers_own_key_is_dropped():
     finally:
         for dht in dhts:
             shutdown_dht(dht)
+
+
+def test_the_end_of_run_hand_over_reads_this_peers_bans_from_its_published_record():
+    """The robust averagers keep their ban lists in their own processes; the finisher (another process) reads
+    them from the record this peer published. Reading the main process's copy found no ban at all."""
+    me, other, offender = Identity.temporary(), Identity.temporary(), Identity.temporary()
+    dht = start_dht(NetworkConfig.loopback(), me)
+    try:
+        dht.add_validators([run_validator(RUN_ID)])
+        assert banned_peers(dht, RUN_ID, str(me.peer_id)) == set()
+        ban_publisher(dht, me, RUN_ID)(BanSnapshot(strikes={str(offender.peer_id): 3}, banned=[str(offender.peer_id)]))
+        deadline = time.monotonic() + 10
+        while not banned_peers(dht, RUN_ID, str(me.peer_id)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert banned_peers(dht, RUN_ID, str(me.peer_id)) == {str(offender.peer_id)}
+        assert banned_peers(dht, RUN_ID, str(other.peer_id)) == set()  # another peer's bans are its own
+    finally:
+        shutdown_dht(dht)

@@ -39,7 +39,7 @@ from hivemind.p2p import PeerID
 
 from crowdtrain.averaging.canonical import declared_priorities
 from crowdtrain.config import RunConfig
-from crowdtrain.dht.publish import read_peers
+from crowdtrain.dht.publish import read_integrity, read_peers
 from crowdtrain.dht.records import PeerRecord
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,11 @@ def choose_canonical(records: list[PeerRecord], excluded: frozenset[str] = froze
     return min((r for r in donors if r.epoch == top), key=lambda r: r.peer_id)
 
 
-def banned_peers(optimizer: hivemind.Optimizer) -> set[str]:
-    """Peers this peer's robust gradient averager banned (hivemind's plain mean, and DiLoCo's delta
-    averager, ban no one)."""
-    bans = getattr(getattr(optimizer, "grad_averager", None), "bans", None)
-    return set(bans.banned) if bans is not None else set()
+def banned_peers(dht: hivemind.DHT, run_id: str, me: str) -> set[str]:
+    """Peers this peer banned, from the integrity record it published: its robust averager (gradients or
+    DiLoCo deltas) keeps its ban list in the averager's own process, out of this one's reach (reading that
+    copy here found no ban at all). Empty with hivemind's plain mean, which bans no one."""
+    return {peer for record in read_integrity(dht, run_id).records if record.reporter == me for peer in record.banned}
 
 
 def state_digest(averager: Any) -> str:
@@ -119,7 +119,7 @@ class RunFinisher:
         self._allow_for_downloaders(len(live_peers(self.dht, self.run.run_id)) - 1)
         refused: set[str] = set()
         while True:
-            excluded = frozenset(refused | banned_peers(self.optimizer))
+            excluded = frozenset(refused | banned_peers(self.dht, self.run.run_id, self.me))
             canonical = choose_canonical(live_peers(self.dht, self.run.run_id), excluded)
             if canonical is None or canonical.peer_id == self.me:
                 return self._serve_as_canonical()

@@ -39,6 +39,9 @@ class Scenario:
     averaging_timeout: float = 15.0
     "Also how long a peer that missed the last round waits for a group before the others can finish."
     timeout: float = 300.0
+    mode: str = "standard"
+    "standard or diloco (``max_epochs`` then counts outer rounds of ``inner_steps``)."
+    inner_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinat
         "--target-batch-size", str(scenario.target_batch_size), "--max-epochs", str(scenario.max_epochs),
         "--matchmaking-time", "2", "--request-timeout", "0.5",
         "--averaging-timeout", str(scenario.averaging_timeout), "--aggregator", scenario.aggregator,
+        "--mode", scenario.mode, "--inner-steps", str(scenario.inner_steps),
         "--run-dir", str(run_dir), "--no-keep-state"],
         identity=coordinator_identity, name=f"coordinator-{_label(scenario)}", timeout=scenario.timeout)
     honest, hostile = [], None
@@ -97,7 +101,7 @@ def run_scenario(scenario: Scenario, swarm: LocalSwarm, workdir: Path, coordinat
 
 
 def _label(scenario: Scenario) -> str:
-    return f"{scenario.attack or 'clean'}-{scenario.aggregator}"
+    return f"{scenario.mode}-{scenario.attack or 'clean'}-{scenario.aggregator}"
 
 
 @functools.lru_cache(maxsize=2)

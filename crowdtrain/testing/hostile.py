@@ -6,10 +6,10 @@ launcher=hostile_launcher(ATTACK))``); the rest of the command line is ``crowdtr
 trains, forms groups and reduces its share of the all-reduce like any volunteer (with hivemind's own
 averager, whatever the run's aggregator), and:
 
-- ``nan``, ``scale``, ``sign_flip``, ``ascent``: replaces the gradients it sends by NaN, x1000, their
-  negation or their negation x1000 (amplified gradient ascent: Adam-family optimizers are nearly
-  invariant to a gradient's scale, so only a change of direction that dominates the mean hurts them),
-  and, as a reducer, returns the same corruption of the aggregate to every other sender;
+- ``nan``, ``scale``, ``sign_flip``, ``ascent``: replaces the gradients (diloco mode: the deltas) it sends
+  by NaN, x1000, their negation or their negation x1000 (amplified gradient ascent: Adam-family optimizers
+  are nearly invariant to a gradient's scale, so only a change of direction that dominates the mean hurts
+  them), and, as a reducer, returns the same corruption of the aggregate to every other sender;
 - ``inflate``: claims 100x the samples (and throughput) it accumulated in hivemind's progress records;
 - ``forge``: every few seconds writes progress and peer records under the other peers' subkeys
   (absurd samples, its own signature), and logs how many of those stores the swarm accepted.
@@ -35,8 +35,11 @@ from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.utils import get_dht_time
 
 from crowdtrain.averaging.averager import WireCompatibleAverager
+from crowdtrain.averaging.consistent import ConsistentAverageRunner
+from crowdtrain.averaging.delta_averager import DeltaAverager
 from crowdtrain.dht.publish import owner_marker
 from crowdtrain.dht.records import PEER_RECORD_TTL, peers_key, subkey_values
+from crowdtrain.swarm import diloco as swarm_diloco
 from crowdtrain.swarm import optimizer as swarm_optimizer
 from crowdtrain.swarm import volunteer as swarm_volunteer
 
@@ -103,12 +106,45 @@ class _CorruptingAverager(WireCompatibleAverager):
                 grad.copy_(self.corrupt(grad))
 
 
+def _corrupting_delta_runner(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[ConsistentAverageRunner]:
+    class CorruptingDeltaRunner(ConsistentAverageRunner):
+        """Encodes a corrupted average of its share: the bytes every member of the group receives."""
+
+        def encode_average(self, part_index: int, averaged_part: torch.Tensor):
+            if part_index == 0 and len(self.sender_peer_ids) > 1:
+                logger.warning(f"hostile: {DELIVERED} to its group of {len(self.ordered_peer_ids)}")
+            return super().encode_average(part_index, corrupt(averaged_part))
+
+    return CorruptingDeltaRunner
+
+
+def _corrupting_delta_averager(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[DeltaAverager]:
+    class HostileDeltaAverager(DeltaAverager):
+        """DiLoCo's averager (plain mean, whatever the run's aggregator) sending corrupted deltas and, as a
+        reducer, returning a corrupted average; on :class:`DeltaAverager`'s RPC names."""
+
+        runner_type = _corrupting_delta_runner(corrupt)
+
+        def __init__(self, outer, *, integrity=None, publish=None, **kwargs):
+            super().__init__(outer, **kwargs)
+
+        @classmethod
+        def _get_handle_name(cls, namespace, method_name):
+            return DeltaAverager._get_handle_name(namespace, method_name)
+
+        def start_averaging(self, deltas, weight, timeout):
+            return super().start_averaging([corrupt(delta) for delta in deltas], weight, timeout)
+
+    return HostileDeltaAverager
+
+
 def _install_corruption(name: str) -> None:
     corrupt = CORRUPTIONS[name]
     hivemind_averager.AllReduceRunner = _corrupting_runner(corrupt)  # this process only; gradients only
     averager = type("HostileAverager", (_CorruptingAverager,), {"corrupt": staticmethod(corrupt)})
     swarm_optimizer.gradient_averager_factory = lambda integrity, publish=None: averager
-    logger.warning(f"hostile: sending and returning {name} gradients")
+    swarm_diloco.DeltaAverager = swarm_diloco.RobustDeltaAverager = _corrupting_delta_averager(corrupt)
+    logger.warning(f"hostile: sending and returning {name} gradients (standard mode) or deltas (diloco mode)")
 
 
 def _install_inflation() -> None:
