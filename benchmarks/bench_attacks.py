@@ -11,6 +11,10 @@ number of samples folded into the model) as the clean run. A clean run with the 
 cost of the robust aggregator itself.
 
     python benchmarks/bench_attacks.py --epochs 4 [--attacks scale sign_flip ...]
+    python benchmarks/bench_attacks.py --mode diloco --inner-steps 10 --epochs 6 --attacks nan ascent
+
+In ``--mode diloco`` epochs are outer rounds, the corrupting attacks corrupt the deltas the hostile sends
+and the average of its share, and "defences on" is :class:`~crowdtrain.averaging.delta_averager.RobustDeltaAverager`.
 
 ``forge`` has no end-to-end control (crowdtrain's DHT always checks signatures): its control is
 ``tests/test_forged_records.py``, where unsigned hivemind nodes accept the same forgeries.
@@ -23,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from crowdtrain.config import RUN_MODES
 from crowdtrain.peers.identity import Identity
 from crowdtrain.testing.attacks import Outcome, Scenario, run_scenario
 from crowdtrain.testing.hostile import ATTACKS
@@ -39,7 +44,7 @@ def measure(scenario: Scenario, workdir: Path, identity: Identity) -> Outcome:
 
 def table_row(attack: str, clean: Outcome, on: Outcome, off: Outcome | None) -> str:
     def vs_clean(outcome: Outcome) -> str:
-        return f"{outcome.final_loss:.3f} ({outcome.final_loss / clean.final_loss - 1:+.1%})"
+        return f"{outcome.final_loss:.3f} ({outcome.final_loss / clean.final_loss - 1:+.1%}; {outcome.samples} samples)"
 
     damage = "n/a (see tests/test_forged_records.py)" if off is None else vs_clean(off)
     detected = f"{'yes' if on.detected else 'no'}: {on.evidence}"
@@ -50,19 +55,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--mode", choices=RUN_MODES, default="standard")
+    parser.add_argument("--inner-steps", type=int, default=10, help="diloco mode: inner steps per outer round")
     args = parser.parse_args()
     identity = Identity.temporary()
+
+    def scenario(attack: str | None, aggregator: str) -> Scenario:
+        return Scenario(attack=attack, aggregator=aggregator, max_epochs=args.epochs, mode=args.mode,
+                        inner_steps=args.inner_steps)
+
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as tmp:
         workdir = Path(tmp)
-        clean = measure(Scenario(attack=None, aggregator="centered_clip", max_epochs=args.epochs), workdir, identity)
-        clean_mean = measure(Scenario(attack=None, aggregator="mean", max_epochs=args.epochs), workdir, identity)
+        clean = measure(scenario(None, "centered_clip"), workdir, identity)
+        clean_mean = measure(scenario(None, "mean"), workdir, identity)
         rows = []
         for attack in args.attacks:
-            on = measure(Scenario(attack=attack, aggregator="centered_clip", max_epochs=args.epochs), workdir, identity)
-            off = None if attack == "forge" else measure(
-                Scenario(attack=attack, aggregator="mean", max_epochs=args.epochs), workdir, identity)
+            on = measure(scenario(attack, "centered_clip"), workdir, identity)
+            off = None if attack == "forge" else measure(scenario(attack, "mean"), workdir, identity)
             rows.append(table_row(attack, clean, on, off))
-    print(f"\nclean runs after {args.epochs} global epochs: centered_clip {clean.final_loss:.3f} "
+    print(f"\n{args.mode} mode, clean runs after {args.epochs} epochs: centered_clip {clean.final_loss:.3f} "
           f"(peers {clean.divergence:.2g} apart), mean {clean_mean.final_loss:.3f} (peers {clean_mean.divergence:.2g} "
           f"apart): robust/mean {clean.final_loss / clean_mean.final_loss - 1:+.1%}\n")
     print("| attack | final loss, defences off (vs clean) | detected (defences on) | final loss, defences on (vs clean) |")

@@ -10,6 +10,9 @@ control's damage fell under the noise bound in one of three runs); it is marked 
 damage is safely above that bound; ``--runslow`` runs it and every attack at full size.
 A control in which the offender never returned a corrupted share to an honest peer (it joined too late
 to share a group: CI, 2026-12-07, ended +0.034 over clean) tested nothing and is run once more.
+The DiLoCo attacks (slow) compare runs of the same outer rounds: failed rounds make the defended runs
+process more samples than the clean one. Their CI share is tests/test_robust_deltas.py (one in-process
+all-reduce with a hostile member, on real albert-tiny deltas).
 """
 from __future__ import annotations
 

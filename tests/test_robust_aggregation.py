@@ -15,10 +15,10 @@ from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.partition import TensorPartReducer
 
 from crowdtrain.averaging.bans import BanList
-from crowdtrain.averaging.reducer import RobustAllReduceRunner, RobustTensorPartReducer
+from crowdtrain.averaging.reducer import RobustTensorPartReducer
 from crowdtrain.averaging.robust import aggregate, bounded_weights, check_aggregate, screen
 from crowdtrain.config import IntegrityConfig
-from crowdtrain.testing.allreduce import SameHandles, allreduce
+from crowdtrain.testing.allreduce import RobustRunner, SameHandles, allreduce, hostile_runner
 from crowdtrain.testing.hostile import CORRUPTIONS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "albert_gradients.pt"
@@ -187,31 +187,13 @@ def test_one_strike_per_round_and_ban_after_the_limit():
 # --- a real butterfly all-reduce: 4 peers over loopback p2p, one of them hostile ------------------
 
 
-class _Robust(SameHandles, RobustAllReduceRunner):
-    pass
-
-
-def _hostile_runner(corrupt):
-    class Reducer(TensorPartReducer):
-        async def accumulate_part(self, sender_index, part_index, tensor_part, weight=1.0):
-            result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
-            return result if sender_index == 3 else corrupt(result)
-
-    class Hostile(SameHandles, AllReduceRunner):
-        def __init__(self, *, tensors, **kwargs):
-            super().__init__(tensors=[corrupt(t) for t in tensors], **kwargs)
-            self.tensor_part_reducer.__class__ = Reducer
-
-    return Hostile
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("attack", ["scale", "sign_flip"])
 def test_hostile_group_member_is_rejected_as_sender_and_as_reducer(gradients, attack):
     g = torch.cat(list(gradients.values()), dim=1)  # each member reduces a share of 16384 values
     tensors = [g[i].clone() for i in range(4)]
     honest = g[:3].mean(0)
-    types = [_Robust, _Robust, _Robust, _hostile_runner(CORRUPTIONS[attack])]
+    types = [RobustRunner, RobustRunner, RobustRunner, hostile_runner(CORRUPTIONS[attack], own_sender=3)]
     outputs, runners = asyncio.run(allreduce(tensors, types, integrity=IntegrityConfig()))
     hostile_id = runners[3].peer_id
     errors = [relative_error(outputs[peer][0], honest) for peer in range(3)]
@@ -231,7 +213,7 @@ def test_hostile_group_member_is_rejected_as_sender_and_as_reducer(gradients, at
 def test_banned_peer_takes_no_part(gradients):
     g = torch.cat(list(gradients.values()), dim=1)
     tensors = [g[i].clone() for i in range(4)]
-    types = [_Robust] * 3 + [_hostile_runner(CORRUPTIONS["nan"])]
+    types = [RobustRunner] * 3 + [hostile_runner(CORRUPTIONS["nan"], own_sender=3)]
     outputs, runners = asyncio.run(allreduce(tensors, types, integrity=IntegrityConfig(), ban_last=True))
     for peer in range(3):
         assert torch.isfinite(outputs[peer][0]).all()

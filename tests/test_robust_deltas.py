@@ -13,13 +13,12 @@ import functools
 import pytest
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner
-from hivemind.averaging.partition import TensorPartContainer, TensorPartReducer
+from hivemind.averaging.partition import TensorPartContainer
 
-from crowdtrain.averaging.reducer import RobustAllReduceRunner
 from crowdtrain.averaging.robust import aggregate, check_aggregate, late_joiner_scale, screen
 from crowdtrain.config import DiLoCoConfig, IntegrityConfig
 from crowdtrain.swarm.diloco import scale_learning_rate
-from crowdtrain.testing.allreduce import SameHandles, allreduce
+from crowdtrain.testing.allreduce import RobustRunner, SameHandles, allreduce, hostile_runner
 from crowdtrain.testing.hostile import CORRUPTIONS
 from crowdtrain.trainers import get_recipe
 
@@ -101,25 +100,6 @@ def test_a_late_joiner_accepts_the_honest_aggregate_once_its_norm_is_scaled_to_t
     assert "over 10 x" in check_aggregate(late, hostile, config, late_joiner_scale(weights[3], weights))
 
 
-class _Robust(SameHandles, RobustAllReduceRunner):
-    pass
-
-
-def _hostile(corrupt):
-    """A member that sends a corrupted delta and returns a corrupted aggregate to every other member."""
-    class Reducer(TensorPartReducer):
-        async def accumulate_part(self, sender_index, part_index, tensor_part, weight=1.0):
-            result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
-            return result if sender_index == 3 else corrupt(result)
-
-    class Hostile(SameHandles, AllReduceRunner):
-        def __init__(self, *, tensors, **kwargs):
-            super().__init__(tensors=[corrupt(t) for t in tensors], **kwargs)
-            self.tensor_part_reducer.__class__ = Reducer
-
-    return Hostile
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("attack", ["scale", "nan"])
 def test_a_hostile_member_of_a_delta_round_is_refused_as_reducer_and_bounded_as_sender(delta, attack):
@@ -132,7 +112,7 @@ def test_a_hostile_member_of_a_delta_round_is_refused_as_reducer_and_bounded_as_
     tensors = [delta(k, 30 + shard) for shard, k in enumerate(steps)]
     weights = [float(MICRO_BATCH * k) for k in steps]
     honest = sum(w * t for w, t in zip(weights[:3], tensors[:3])) / sum(weights[:3])
-    types = [_Robust] * 3 + [_hostile(CORRUPTIONS[attack])]
+    types = [RobustRunner] * 3 + [hostile_runner(CORRUPTIONS[attack], own_sender=3)]
     outputs, runners = asyncio.run(allreduce(tensors, types, weights=weights, integrity=IntegrityConfig(),
                                              claimed_samples=weights))
     hostile_id = runners[3].peer_id

@@ -5,10 +5,11 @@ For tests of all-reduce runners (robust, consistent, hostile) without averager p
 from __future__ import annotations
 
 import asyncio
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner
+from hivemind.averaging.partition import TensorPartReducer
 from hivemind.compression import CompressionBase, NoCompression
 from hivemind.p2p import P2P
 
@@ -21,6 +22,27 @@ class SameHandles:
     @classmethod
     def _get_handle_name(cls, namespace, method_name):
         return AllReduceRunner._get_handle_name(namespace, method_name)
+
+
+class RobustRunner(SameHandles, RobustAllReduceRunner):
+    """crowdtrain's robust runner on hivemind's handler names."""
+
+
+def hostile_runner(corrupt: Callable[[torch.Tensor], torch.Tensor], own_sender: int) -> type[AllReduceRunner]:
+    """hivemind's runner for a member that sends ``corrupt`` of its tensors and returns ``corrupt`` of its
+    share's aggregate to every sender but itself (``own_sender``: its index among the senders)."""
+
+    class Reducer(TensorPartReducer):
+        async def accumulate_part(self, sender_index, part_index, tensor_part, weight=1.0):
+            result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
+            return result if sender_index == own_sender else corrupt(result)
+
+    class Hostile(SameHandles, AllReduceRunner):
+        def __init__(self, *, tensors, **kwargs):
+            super().__init__(tensors=[corrupt(t) for t in tensors], **kwargs)
+            self.tensor_part_reducer.__class__ = Reducer
+
+    return Hostile
 
 
 async def allreduce(tensors: Sequence[torch.Tensor], runner_types: Sequence[type], ban_last: bool = False,

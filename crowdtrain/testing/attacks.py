@@ -2,7 +2,7 @@
 
 A coordinator (without its state keeper: not part of what is measured) and ``peers`` volunteers (one
 of them hostile, :mod:`crowdtrain.testing.hostile`, unless ``attack`` is None: the clean run) train
-albert-tiny to ``max_epochs``. Measured afterwards:
+albert-tiny to ``max_epochs`` (global epochs; in ``mode="diloco"``, outer rounds). Measured afterwards:
 the held-out masked-LM loss of every honest peer's exported model, the samples the swarm processed,
 and whether the honest peers detected the hostile one (a rejection or ban naming it in their logs, a
 clamped progress claim, or the hostile's own count of refused forgeries).
