@@ -10,7 +10,9 @@ average (H is a target, not a barrier: a fast peer makes more, a slow one fewer)
 ``round_time`` seconds. Then every peer averages its pseudo-gradient θ₀ − θ, weighted by the samples
 it processed this round, in a hivemind group, applies the outer Nesterov step and starts the next
 round from the new θ₀. A peer that finds the swarm a round ahead (it just joined, or it missed a
-round) downloads the outer state (θ₀, momentum, epoch) from a live peer instead.
+round) downloads the outer state (θ₀, momentum, epoch) from a live peer instead. With a robust aggregator
+(the run's ``integrity``, ``centered_clip`` by default) the deltas are averaged by
+:class:`~crowdtrain.averaging.delta_averager.RobustDeltaAverager`; with ``mean``, by the plain weighted mean.
 
 With ``overlap`` (the default) the averaging runs in the background while the peer goes on with the next
 round's inner steps, and the outer step lands one round late (:mod:`crowdtrain.swarm.pending_round`); a
