@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from concurrent.futures import Future
 from typing import Any, Iterable, Optional
 
@@ -426,8 +427,12 @@ class DiLoCoOptimizer:
             return
         peers = max(1, self.tracker.global_progress.num_peers)
         epoch = schedule_epoch(self.outer.samples + self.round_samples * peers, self.run.target_batch_size)
-        while self.scheduler.last_epoch < epoch:
-            self.scheduler.step()
+        # a newcomer's schedule moves before its first inner step; PyTorch's warning about that order is moot
+        # here, where positions are absolute
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            while self.scheduler.last_epoch < epoch:
+                self.scheduler.step()
 
 
 class OuterStateView:
