@@ -2,12 +2,20 @@
 
 Slow: each runs a coordinator and two volunteers for several minutes on a small CPU machine. The swarm
 must reach at least what one peer reaches alone with the same samples and the same global-epoch
-schedule, up to the evaluation's noise (``NOISE``: one standard error of the held-out estimate)."""
+schedule, up to the evaluation's noise (one standard error of the held-out estimate).
+
+Both sides are read as the mean of their last ``LAST_EVALUATIONS`` evaluations, at the same global epochs:
+the swarm's by the coordinator's state keeper (its periodic evaluation of the swarm's state), the single
+peer's at those epochs of its own run. One end point is too noisy for SwAV-tiny: the keeper's readings
+of one swarm at epochs 306, 311, 316 and 321 of 325 were 0.610, 0.607, 0.532 and 0.582 (2026-12-07), and
+single-peer runs by data order read 0.518-0.666 at 325 steps (standard deviation 0.061), against a
+standard error of 0.026. The volunteers' own end points are still printed."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import pytest
 import torch
@@ -42,8 +50,20 @@ REGIMES = {
 }
 
 
-def local_run(name: str, regime: Regime, samples_per_epoch: int) -> tuple[float, float]:
-    """(metric at random init, metric after ``regime.epochs`` steps of ``samples_per_epoch``) for one peer."""
+LAST_EVALUATIONS = 5
+EVALUATION_RE = re.compile(r"evaluation at global epoch (\d+): \w+ ([0-9.]+)")
+
+
+def last_evaluations(coordinator_log: str, count: int) -> dict[int, float]:
+    """The state keeper's last ``count`` evaluations of the swarm's state, by global epoch."""
+    readings = {int(epoch): float(value) for epoch, value in EVALUATION_RE.findall(coordinator_log)}
+    return dict(sorted(readings.items())[-count:])
+
+
+def local_run(name: str, regime: Regime, samples_per_epoch: float,
+              evaluate_at: Sequence[int] = ()) -> tuple[float, float, dict[int, float]]:
+    """(metric at random init, metric after ``regime.epochs`` steps of ``samples_per_epoch``, metric after
+    each of the ``evaluate_at`` steps) for one peer."""
     recipe_cls = get_recipe(name)
     hparams = {**recipe_cls.default_hparams(), **regime.hparams}
     assets = recipe_cls.build_assets(hparams, recipe_cls.default_dataset())
@@ -54,13 +74,16 @@ def local_run(name: str, regime: Regime, samples_per_epoch: int) -> tuple[float,
     scheduler = recipe.make_scheduler(optimizer)
     batches = recipe.batches(shard_seed=1, batch_size=regime.micro_batch)
     accumulation = max(1, round(samples_per_epoch / regime.micro_batch))
-    for _ in range(regime.epochs):
+    readings = {}
+    for epoch in range(1, regime.epochs + 1):
         for _ in range(accumulation):
             (recipe.loss(model, next(batches)) / accumulation).backward()
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
-    return start, recipe.evaluate(model).value
+        if epoch in evaluate_at:
+            readings[epoch] = recipe.evaluate(model).value
+    return start, recipe.evaluate(model).value, readings
 
 
 @pytest.mark.parametrize("recipe", sorted(REGIMES))
@@ -80,10 +103,17 @@ def test_two_peer_swarm_reaches_what_one_peer_reaches(local_swarm, tmp_path, rec
     swarm_start = sum(r["eval_start"] for r in reports) / len(reports)
     swarm_end = sum(r["eval_end"] for r in reports) / len(reports)
     swarm_samples = sum(r["samples"] for r in reports)
+    swarm_readings = last_evaluations(coordinator.log(), LAST_EVALUATIONS)
+    assert len(swarm_readings) == LAST_EVALUATIONS, coordinator.log()[-3000:]
     # the single peer takes as many samples per step as the swarm did (the swarm overshoots its target)
-    local_start, local_end = local_run(recipe, regime, swarm_samples / regime.epochs)
-    noise = math.sqrt(max(local_end * (1 - local_end), 0.01) / 360)  # >= 360 scored items in both evaluations
+    local_start, local_end, local_readings = local_run(recipe, regime, swarm_samples / regime.epochs,
+                                                       evaluate_at=sorted(swarm_readings))
+    swarm_mean = sum(swarm_readings.values()) / len(swarm_readings)
+    local_mean = sum(local_readings.values()) / len(local_readings)
+    noise = math.sqrt(max(local_mean * (1 - local_mean), 0.01) / 360)  # >= 360 scored items in both evaluations
     print(f"{recipe}: swarm {swarm_start:.4f} -> {swarm_end:.4f} ({swarm_samples} samples); one peer "
-          f"{local_start:.4f} -> {local_end:.4f} ({regime.epochs} steps of ~{swarm_samples / regime.epochs:.0f})")
-    assert swarm_end >= local_end - noise
+          f"{local_start:.4f} -> {local_end:.4f} ({regime.epochs} steps of ~{swarm_samples / regime.epochs:.0f}); "
+          f"at epochs {sorted(swarm_readings)}: swarm {[round(v, 4) for v in swarm_readings.values()]} "
+          f"(mean {swarm_mean:.4f}), one peer {[round(v, 4) for v in local_readings.values()]} (mean {local_mean:.4f})")
+    assert swarm_mean >= local_mean - noise
     assert swarm_end > swarm_start
