@@ -13,12 +13,12 @@ from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
 from hivemind.p2p import PeerID
 
+from crowdtrain.averaging.averager import RobustAveraging
 from crowdtrain.averaging.cancel import PromptCancel
 from crowdtrain.averaging.canonical import declared_priorities, priorities_in
 from crowdtrain.averaging.consistent import ConsistentAveraging
 from crowdtrain.averaging.declarations import SteadyDeclarations
 from crowdtrain.averaging.donors import DonorChoice
-from crowdtrain.averaging.averager import RobustAveraging
 from crowdtrain.averaging.outer import OuterOptimizer
 
 logger = logging.getLogger(__name__)

@@ -47,6 +47,7 @@ verification by recomputation for that).
 """
 from __future__ import annotations
 
+import statistics
 from typing import Optional, Sequence
 
 import torch
@@ -156,7 +157,7 @@ def late_joiner_scale(own_samples: float, claimed_samples: Sequence[float]) -> f
     """How many times a delta's own norm counts when it checks an aggregate: the median of the samples its
     group claimed over its own, when that is above 1 (a delta grows about linearly with its inner steps);
     never below 1, so a fast peer's check is the gradients' one."""
-    claims = sorted(float(c) for c in claimed_samples if 0 < c < float("inf"))
+    claims = [float(c) for c in claimed_samples if 0 < c < float("inf")]
     if not claims or not own_samples > 0:
         return 1.0
-    return max(1.0, claims[(len(claims) - 1) // 2] / float(own_samples))
+    return max(1.0, statistics.median_low(claims) / float(own_samples))  # the lower median, as _median's

@@ -9,11 +9,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner
-from hivemind.averaging.partition import TensorPartReducer
 from hivemind.compression import CompressionBase, NoCompression
 from hivemind.p2p import P2P
 
 from crowdtrain.averaging.reducer import RobustAllReduceRunner
+from crowdtrain.testing.hostile import corrupting_reducer
 
 
 class SameHandles:
@@ -32,15 +32,13 @@ def hostile_runner(corrupt: Callable[[torch.Tensor], torch.Tensor], own_sender: 
     """hivemind's runner for a member that sends ``corrupt`` of its tensors and returns ``corrupt`` of its
     share's aggregate to every sender but itself (``own_sender``: its index among the senders)."""
 
-    class Reducer(TensorPartReducer):
-        async def accumulate_part(self, sender_index, part_index, tensor_part, weight=1.0):
-            result = await super().accumulate_part(sender_index, part_index, tensor_part, weight)
-            return result if sender_index == own_sender else corrupt(result)
+    reducer = corrupting_reducer(corrupt)
 
     class Hostile(SameHandles, AllReduceRunner):
         def __init__(self, *, tensors, **kwargs):
             super().__init__(tensors=[corrupt(t) for t in tensors], **kwargs)
-            self.tensor_part_reducer.__class__ = Reducer
+            self.tensor_part_reducer.__class__ = reducer
+            self.tensor_part_reducer.own_sender = own_sender
 
     return Hostile
 

@@ -64,7 +64,7 @@ def hostile_launcher(attack: str) -> list[str]:
 
 
 class _CorruptingReducer(TensorPartReducer):
-    """Returns the corrupted aggregate to every sender but this peer."""
+    """Returns the corrupted aggregate to every sender but this peer (``own_sender``: its index)."""
 
     corrupt: Callable[[torch.Tensor], torch.Tensor]
     own_sender: int = -1
@@ -79,6 +79,12 @@ class _CorruptingReducer(TensorPartReducer):
         return self.corrupt(result)
 
 
+def corrupting_reducer(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[TensorPartReducer]:
+    """hivemind's reducer returning ``corrupt`` of the aggregate to every sender but ``own_sender`` (set it on the
+    instance); assign it to a runner's ``tensor_part_reducer.__class__``."""
+    return type("Reducer", (_CorruptingReducer,), {"corrupt": staticmethod(corrupt)})
+
+
 def _corrupting_runner(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[AllReduceRunner]:
     class CorruptingRunner(AllReduceRunner):
         """Corrupts gradient averaging only: parameter averaging stays honest (out of this module's scope)."""
@@ -88,7 +94,7 @@ def _corrupting_runner(corrupt: Callable[[torch.Tensor], torch.Tensor]) -> type[
             if not str(kwargs.get("prefix")).endswith("_grad_averager"):
                 return
             reducer = self.tensor_part_reducer
-            reducer.__class__ = type("Reducer", (_CorruptingReducer,), {"corrupt": staticmethod(corrupt)})
+            reducer.__class__ = corrupting_reducer(corrupt)
             if self.peer_id in self.sender_peer_ids:
                 reducer.own_sender = self.sender_peer_ids.index(self.peer_id)
 
