@@ -50,7 +50,7 @@ def main() -> None:
     recipe = SwavTiny(hparams, args.dataset or SwavTiny.default_dataset(), b"")
     model = recipe.build_model()
     control = recipe.evaluate(model)
-    print(f"random init k-NN {control.value:.4f}; raw pixels {control.extra['raw_pixel_knn_accuracy']:.4f}")
+    print(f"random init k-NN {control.value:.4f}; raw pixels {control.baseline.value:.4f}")
     optimizer = recipe.make_optimizer(model.parameters())
     scheduler = recipe.make_scheduler(optimizer)
     batches = recipe.batches(shard_seed=3, batch_size=args.batch_size)

@@ -34,6 +34,9 @@ def test_demo_trains_a_swarm_and_writes_summary(tmp_path):
     assert summary["loss_end"] < summary["loss_start"]
     assert summary["eval"]["metric"] == "masked_token_accuracy"
     assert summary["eval"]["end"] > summary["eval"]["start"]
+    assert summary["eval"]["baseline"]["name"] == "always the most frequent token"
+    assert 0 < summary["eval"]["baseline"]["value"] < 0.2
+    assert "baseline, always the most frequent token" in result.stdout
     assert (tmp_path / "demo" / "loss.png").stat().st_size > 10_000
     assert "global epochs" in result.stdout
 

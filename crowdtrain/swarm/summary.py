@@ -29,7 +29,8 @@ def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
 
 def summarize(reports: Sequence[dict[str, Any]], duration_s: float) -> dict[str, Any]:
     """The demo's JSON document: ``peers`` (each with ``samples``), ``global_epochs``, ``loss_start``,
-    ``loss_end`` (mean of the swarm's first / last local steps) and ``eval`` ({metric, start, end})."""
+    ``loss_end`` (mean of the swarm's first / last local steps) and ``eval`` ({metric, start, end, baseline}),
+    ``baseline`` being the recipe's no-training reference ({name, value}) or None."""
     total = sum(r["samples"] for r in reports) or 1
     peers = [{
         "name": r["name"], "peer_id": r["peer_id"], "samples": r["samples"], "steps": r["steps"],
@@ -39,6 +40,8 @@ def summarize(reports: Sequence[dict[str, Any]], duration_s: float) -> dict[str,
     losses = [loss for _, loss in _merged_losses(reports)]
     window = max(LOSS_WINDOW, len(losses) // 20)
     metric = next((r["eval_metric"] for r in reports if r.get("eval_metric")), None)
+    baseline = next(({"name": r["eval_baseline_name"], "value": r["eval_baseline"]}
+                     for r in reports if r.get("eval_baseline") is not None), None)
     return {
         "peers": peers,
         "global_epochs": max((r["final_epoch"] for r in reports), default=0),
@@ -47,12 +50,17 @@ def summarize(reports: Sequence[dict[str, Any]], duration_s: float) -> dict[str,
         "loss_start": mean(losses[:window]) if losses else None,
         "loss_end": mean(losses[-window:]) if losses else None,
         "eval": {"metric": metric, "start": _mean_or_none([r.get("eval_start") for r in reports]),
-                 "end": _mean_or_none([r.get("eval_end") for r in reports])},
+                 "end": _mean_or_none([r.get("eval_end") for r in reports]), "baseline": baseline},
     }
 
 
 def _fmt(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _baseline_note(ev: dict[str, Any]) -> str:
+    baseline = ev.get("baseline")
+    return "" if baseline is None else f" (baseline, {baseline['name']}: {baseline['value']:.4f})"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -64,7 +72,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
         f"swarm: {summary['global_epochs']} global epochs, {summary['samples']} samples in {summary['duration_s']} s",
         f"training loss: start {_fmt(summary['loss_start'])} -> end {_fmt(summary['loss_end'])}",
-        f"held-out {ev['metric']}: start {_fmt(ev['start'])} -> end {_fmt(ev['end'])}",
+        f"held-out {ev['metric']}: start {_fmt(ev['start'])} -> end {_fmt(ev['end'])}{_baseline_note(ev)}",
     ]
     return "\n".join(lines)
 

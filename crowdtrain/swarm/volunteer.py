@@ -66,6 +66,9 @@ class VolunteerReport:
     eval_metric: Optional[str] = None
     eval_start: Optional[float] = None
     eval_end: Optional[float] = None
+    eval_baseline_name: Optional[str] = None
+    eval_baseline: Optional[float] = None
+    "The recipe's no-training reference score of the same metric (``EvalResult.baseline``)."
     started_at: float = field(default_factory=time.time)
     joined_at: float = 0.0
     "When the run's configuration and assets were verified (the first step follows)."
@@ -254,6 +257,8 @@ class Volunteer:
     def _evaluate(self, recipe: Recipe, model: torch.nn.Module, start: bool) -> None:
         result = recipe.evaluate(model)
         self.report.eval_metric = result.metric
+        if result.baseline is not None:
+            self.report.eval_baseline_name, self.report.eval_baseline = result.baseline.name, result.baseline.value
         if start:
             self.report.eval_start = result.value
         else:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AlbertConfig, AlbertForPreTraining
 
-from crowdtrain.trainers.base import Batch, EvalResult, Recipe
+from crowdtrain.trainers.base import Baseline, Batch, EvalResult, Recipe
 from crowdtrain.trainers.corpus import DEFAULT_MAX_BYTES, load_corpus, stdlib_docstrings_spec
 from crowdtrain.trainers.lamb import Lamb
 from crowdtrain.trainers.masking import IGNORE_INDEX, NgramMasking
@@ -90,6 +90,7 @@ class AlbertRecipe(Recipe):
                                     mask_id=self.tokenizer.token_to_id(MASK), first_random_id=NUM_SPECIAL,
                                     vocab_size=self.hparams["vocab_size"])
         self._eval_batches: list[dict[str, torch.Tensor]] | None = None
+        self._unigram_baseline: float | None = None
 
     @classmethod
     def default_hparams(cls) -> dict[str, Any]:
@@ -174,7 +175,8 @@ class AlbertRecipe(Recipe):
         """Masked-token accuracy, plus SOP accuracy and masked-LM loss, on the fixed held-out pairs."""
         scores = self._heldout_scores(model)
         return EvalResult(metric="masked_token_accuracy", value=scores["masked_token_accuracy"],
-                          extra={"sop_accuracy": scores["sop_accuracy"], "mlm_loss": scores["mlm_loss"]})
+                          extra={"sop_accuracy": scores["sop_accuracy"], "mlm_loss": scores["mlm_loss"]},
+                          baseline=Baseline("always the most frequent token", self.unigram_baseline()))
 
     def evaluate_loss(self, model: torch.nn.Module) -> float:
         """Mean masked-LM cross-entropy on the same fixed held-out set as :meth:`evaluate`."""
@@ -182,7 +184,12 @@ class AlbertRecipe(Recipe):
 
     def unigram_baseline(self) -> float:
         """Held-out masked-token accuracy of always predicting the most frequent training token:
-        what a model that ignores context can reach."""
+        what a model that ignores context can reach (computed once)."""
+        if self._unigram_baseline is None:
+            self._unigram_baseline = self._most_frequent_token_accuracy()
+        return self._unigram_baseline
+
+    def _most_frequent_token_accuracy(self) -> float:
         counts: Counter[int] = Counter()
         for encoding in self.tokenizer.encode_batch(list(self.corpus.train[:BASELINE_SAMPLE_TEXTS]),
                                                     add_special_tokens=False):

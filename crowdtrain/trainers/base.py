@@ -12,6 +12,15 @@ Batch = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """A reference score of the evaluation's metric that needs no training: a trained model should beat it."""
+
+    name: str
+    "What it is, in a few words (e.g. ``most frequent token``)."
+    value: float
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """One evaluation of the current model on held-out data."""
 
@@ -19,6 +28,9 @@ class EvalResult:
     value: float
     extra: Mapping[str, float] = field(default_factory=dict)
     "Further scores of the same evaluation (e.g. ALBERT's sentence-order accuracy), by name."
+    baseline: Optional[Baseline] = None
+    "What a predictor that needs no training reaches on the same held-out set; None if the recipe has none."
+
 
 
 class Recipe(ABC):

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 
-from crowdtrain.trainers.base import Batch, EvalResult, Recipe
+from crowdtrain.trainers.base import Baseline, Batch, EvalResult, Recipe
 from crowdtrain.trainers.lars import Lars
 from crowdtrain.trainers.schedule import WarmupDecay
 from crowdtrain.trainers.swav.batch_norm import with_fresh_batch_norm
@@ -151,14 +151,14 @@ class SwavRecipe(Recipe):
 
     def evaluate(self, model: torch.nn.Module) -> EvalResult:
         """k-NN accuracy of the backbone's features on the held-out queries against the labelled bank, with
-        batch-norm statistics estimated at the model's current parameters (:meth:`inference_copy`); ``extra``
-        holds the raw-pixel k-NN accuracy of the same sets (the control)."""
+        batch-norm statistics estimated at the model's current parameters (:meth:`inference_copy`); its baseline
+        is the k-NN accuracy of the raw pixels on the same sets."""
         model = self.inference_copy(model)
         sets = self._knn()
         accuracy = knn_accuracy(self._features(model, sets.bank), sets.bank_labels,
                                 self._features(model, sets.queries), sets.query_labels, self.hparams["knn_k"])
         return EvalResult(metric="knn_accuracy", value=accuracy,
-                          extra={"raw_pixel_knn_accuracy": self.raw_pixel_accuracy()})
+                          baseline=Baseline("k-NN on raw pixels", self.raw_pixel_accuracy()))
 
     def export(self, model: torch.nn.Module, directory) -> None:
         """The model with batch-norm statistics of its final parameters (:meth:`inference_copy`)."""
