@@ -96,6 +96,17 @@ def test_demo_defaults_stay_those_of_albert_tiny_unless_the_recipe_needs_its_own
     assert [p.name for p in five] == ["fast", "medium", "slow", "fast1", "medium1"]
 
 
+def test_demo_hparams_override_the_recipes_demo_defaults_and_reach_the_coordinator():
+    config = _demo_config("--recipe", "swav-tiny", "--hparam", "lr=0.3", "--hparam", "knn_k=5")
+    assert config.hparams == {"lr": 0.3, "knn_k": 5}
+    args = demo._coordinator_args(_demo_config("--hparam", "lr=0.005", "--hparam", "warmup_epochs=2"))
+    assert "--hparam lr=0.005 --hparam warmup_epochs=2" in " ".join(args)
+    with pytest.raises(UsageError, match="unknown albert-tiny hparams: bogus"):
+        _demo_config("--hparam", "bogus=1")
+    with pytest.raises(UsageError, match="expects KEY=VALUE"):
+        _demo_config("--hparam", "lr")
+
+
 def test_swav_tiny_demo_gives_every_volunteer_a_micro_batch_its_codes_can_use():
     """SwAV's Sinkhorn codes and batch norm work per micro-batch: the common demo micro-batches (4-16
     images against 64 prototypes) did not learn, in the demo or simulated in one process, while 64

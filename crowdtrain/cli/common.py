@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -12,6 +13,7 @@ from typing import Optional
 
 from crowdtrain.config import LOOPBACK, NetworkConfig, Timeouts, default_data_dir
 from crowdtrain.dht.node import parse_addresses
+from crowdtrain.errors import UsageError
 from crowdtrain.peers.identity import Identity
 
 
@@ -56,8 +58,6 @@ def timeouts_from_args(args: argparse.Namespace) -> Timeouts:
                         load_state_timeout=args.load_state_timeout, request_timeout=args.request_timeout,
                         next_chunk_timeout=args.next_chunk_timeout)
     except ValueError as e:
-        from crowdtrain.errors import UsageError
-
         raise UsageError(str(e)) from None
 
 
@@ -126,3 +126,17 @@ def setup_logging(verbose: bool, tag: str = "") -> None:
     if not verbose:
         for h in hivemind_logger.handlers:
             h.addFilter(_DropTracebacks())
+
+
+def parse_hparams(items: list[str]) -> dict:
+    """``--hparam KEY=JSON`` items as a dict (a value that is not JSON stays a string)."""
+    hparams = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--hparam expects KEY=VALUE, got {item!r}")
+        try:
+            hparams[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            hparams[key] = raw
+    return hparams

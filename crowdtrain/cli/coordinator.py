@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from crowdtrain.cli.common import (StopSignal, add_network_options, add_timeout_options, load_identity,
-                                   network_from_args, setup_logging, timeouts_from_args)
+                                   network_from_args, parse_hparams, setup_logging, timeouts_from_args)
 from crowdtrain.averaging.compression import COMPRESSIONS
 from crowdtrain.cli.dashboard import add_dashboard_options, dashboard_config_from_args
 from crowdtrain.config import (AGGREGATORS, INNER_LR_SCALINGS, RUN_MODES, CoordinatorConfig, DiLoCoConfig,
@@ -102,19 +102,6 @@ def diloco_from_args(args: argparse.Namespace) -> DiLoCoConfig:
                         nesterov=args.nesterov, compression=args.compression, error_feedback=args.error_feedback,
                         round_time=args.round_time, overlap=args.diloco_overlap,
                         inner_lr_scaling=args.inner_lr_scaling)
-
-
-def parse_hparams(items: list[str]) -> dict:
-    hparams = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--hparam expects KEY=VALUE, got {item!r}")
-        try:
-            hparams[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            hparams[key] = raw
-    return hparams
 
 
 def parse_dataset(value) -> Optional[dict]:

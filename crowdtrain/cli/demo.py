@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from crowdtrain.cli.common import StopSignal, setup_logging
+from crowdtrain.cli.common import StopSignal, parse_hparams, setup_logging
 from crowdtrain.config import DEFAULT_DEMO_PROFILES, RUN_MODES, DemoConfig, VolunteerProfile, demo_defaults
 from crowdtrain.errors import UsageError
 from crowdtrain.swarm.progress import ProgressLine
 from crowdtrain.swarm.status import read_history
 from crowdtrain.swarm.summary import format_summary, load_reports, plot_summary, summarize
 from crowdtrain.testing.local_swarm import LocalSwarm, PeerProcess
-from crowdtrain.trainers.registry import RECIPES
+from crowdtrain.trainers.registry import RECIPES, get_recipe
 
 HELP = "run a coordinator and volunteers of different speeds on this machine"
 logger = logging.getLogger("crowdtrain.demo")
@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-batch-size", type=int, default=128, help="samples per global epoch")
     parser.add_argument("--recipe", default=DemoConfig.recipe,
                         help=f"what to train (default {DemoConfig.recipe}; e.g. swav-tiny)")
+    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=JSON",
+                        help="override a recipe hyper-parameter of the demo's run, e.g. --hparam lr=0.005 (repeatable)")
     parser.add_argument("--mode", choices=RUN_MODES, default="standard", help="run mode (see coordinator --help)")
     parser.add_argument("--inner-steps", type=int, default=DemoConfig.inner_steps,
                         help="diloco: inner steps per peer per round")
@@ -59,10 +61,21 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     # A recipe's default counts global steps of the standard mode; a diloco epoch is a whole outer round.
     default_epochs = defaults.epochs if args.mode == "standard" else None
     epochs = default_epochs if args.epochs is None else (args.epochs or None)
+    hparams = {**defaults.hparams, **_checked_hparams(args.recipe, parse_hparams(args.hparam))}
     return DemoConfig(duration=duration, epochs=epochs, out_dir=args.out_dir, json_path=args.json_path,
                       plot_path=args.plot_path, recipe=args.recipe, target_batch_size=args.target_batch_size,
-                      profiles=profiles, hparams=defaults.hparams, aggregator=defaults.aggregator,
+                      profiles=profiles, hparams=hparams, aggregator=defaults.aggregator,
                       mode=args.mode, inner_steps=args.inner_steps)
+
+
+def _checked_hparams(recipe: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` if ``recipe`` can use them (checked here, not minutes later by the coordinator)."""
+    if hparams:
+        try:
+            get_recipe(recipe).with_defaults(hparams)
+        except ValueError as e:
+            raise UsageError(f"--hparam: {e}") from None
+    return hparams
 
 
 def demo_run_dir(config: DemoConfig) -> Path:
