@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, AsyncIterator, Callable, Iterable, Optional
+from typing import AsyncIterator, Callable, Optional
 
 import torch
 from hivemind.averaging.averager import DecentralizedAverager
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
-from hivemind.p2p import P2PContext, PeerID
+from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
 from crowdtrain.averaging.bans import BanList, BanSnapshot
@@ -33,7 +33,6 @@ from crowdtrain.config import IntegrityConfig
 
 logger = logging.getLogger(__name__)
 Publish = Callable[[BanSnapshot], None]
-StruckElsewhere = Callable[[], Iterable[str]]
 
 
 def wire_compatible(base: type) -> type:
@@ -57,39 +56,18 @@ class RoundGradientAverager(PromptCancel, GridGroups, RoundGradientAveraging, Wi
 
 
 class RobustAveraging(ConsistentAveraging):
-    """Mixin for a hivemind averager: its all-reduce screens, robustly aggregates, checks and bans, and it
-    downloads no state from a peer this peer struck; :class:`DonorChoice` must follow it in the bases.
+    """Mixin for a hivemind averager: its all-reduce screens, robustly aggregates, checks and bans.
 
     ``publish`` is called (in the averager's process) with the ban list after every round that
-    struck a peer. ``struck_elsewhere`` returns the peers this peer's other averagers struck (they run in
-    other processes; read from the integrity record this peer published).
+    struck a peer.
     """
 
     runner_type = RobustAllReduceRunner
 
-    def __init__(self, *args, integrity: IntegrityConfig, publish: Optional[Publish] = None,
-                 struck_elsewhere: Optional[StruckElsewhere] = None, **kwargs):
-        self.integrity, self.publish, self.struck_elsewhere = integrity, publish, struck_elsewhere
+    def __init__(self, *args, integrity: IntegrityConfig, publish: Optional[Publish] = None, **kwargs):
+        self.integrity, self.publish = integrity, publish
         self.bans = BanList(integrity.ban_after)
         super().__init__(*args, **kwargs)
-
-    async def _load_state_from_peers(self, future: Any, timeout: Optional[float] = None,
-                                     excluded: tuple[bytes, ...] = ()) -> None:
-        """Never from a peer this one struck: a hostile reducer applies its own corrupted average and serves the
-        result as the swarm's state, finite (so only the strike tells) and at the highest epoch (so asked first).
-        Seen in DiLoCo: x-1000 deltas reached every honest peer that way after the rounds it corrupted had
-        failed for them."""
-        struck = tuple(peer_id for peer_id in map(_peer_id_bytes, self._struck_peers()) if peer_id is not None)
-        await super()._load_state_from_peers(future, timeout=timeout, excluded=(*excluded, *struck))
-
-    def _struck_peers(self) -> set[str]:
-        struck = {*self.bans.strikes, *self.bans.banned}
-        if self.struck_elsewhere is not None:
-            try:
-                struck |= set(self.struck_elsewhere())
-            except Exception as e:  # the published record is best effort, as its publication is
-                logger.warning(f"could not read the peers struck by this peer's other averagers: {e!r}")
-        return struck
 
     def _runner_kwargs(self) -> dict:
         return {"integrity": self.integrity, "banned": self.bans.banned}
@@ -116,15 +94,7 @@ class RobustAveraging(ConsistentAveraging):
             yield response
 
 
-def _peer_id_bytes(peer: str) -> Optional[bytes]:
-    try:
-        return PeerID.from_base58(peer).to_bytes()
-    except Exception:  # not a peer id (a record can name anything): it cannot be a donor either
-        return None
-
-
-class RobustGradientAverager(RobustAveraging, PromptCancel, GridGroups, RoundGradientAveraging, WireCompatibleAverager,
-                             DonorChoice):
+class RobustGradientAverager(RobustAveraging, PromptCancel, GridGroups, RoundGradientAveraging, WireCompatibleAverager):
     pass
 
 

@@ -11,6 +11,7 @@ from hivemind.averaging.allreduce import AllreduceException
 from hivemind.averaging.control import AveragingStage
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionInfo
+from hivemind.p2p import PeerID
 
 from crowdtrain.averaging.averager import RobustAveraging
 from crowdtrain.averaging.cancel import PromptCancel
@@ -150,6 +151,7 @@ class DeltaAverager(ConsistentAveraging, PromptCancel, SteadyDeclarations, Donor
         return True
 
 
+
 class RobustDeltaAverager(RobustAveraging, DeltaAverager):
     """A :class:`DeltaAverager` whose rounds screen, robustly aggregate and check deltas, and ban, as the
     gradients' robust averager does (:mod:`crowdtrain.averaging.robust`), with the deltas' rules: no norm
@@ -164,6 +166,15 @@ class RobustDeltaAverager(RobustAveraging, DeltaAverager):
     @classmethod
     def _get_handle_name(cls, namespace: Optional[str], method_name: str) -> str:
         return DeltaAverager._get_handle_name(namespace, method_name)
+
+    async def _load_state_from_peers(self, future: Any, timeout: Optional[float] = None,
+                                     excluded: tuple[bytes, ...] = ()) -> None:
+        """Never from a peer this one struck (runs in the averager's process, where the strikes are): a hostile
+        reducer applies its own corrupted average and serves the result as the swarm's next outer state,
+        finite (so only the strike tells) and at the highest epoch (so asked first). Seen: x-1000 deltas
+        reached every honest peer that way after the rounds it corrupted had failed for them."""
+        struck = tuple(PeerID.from_base58(peer).to_bytes() for peer in {*self.bans.strikes, *self.bans.banned})
+        await super()._load_state_from_peers(future, timeout=timeout, excluded=(*excluded, *struck))
 
     async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: GroupInfo,
                                       group_id: Optional[bytes] = None, **kwargs: Any) -> None:

@@ -216,14 +216,3 @@ class IntegrityRecords:
 def read_integrity(dht: hivemind.DHT, run_id: str) -> IntegrityRecords:
     records, rejected = _read_records(dht, integrity_key(run_id), IntegrityRecord.from_value, lambda r: r.reporter)
     return IntegrityRecords(records=sorted(records, key=lambda r: r.reporter), rejected=rejected)
-
-
-def struck_reader(dht: hivemind.DHT, run_id: str, me: str) -> Callable[[], set[str]]:
-    """A reader of the peers that ``me`` struck or banned, from the integrity record it published: how one of
-    its averagers learns the strikes of another, which lives in another process."""
-
-    def struck() -> set[str]:
-        return {peer for record in read_integrity(dht, run_id).records if record.reporter == me
-                for peer in (*record.strikes, *record.banned)}
-
-    return struck

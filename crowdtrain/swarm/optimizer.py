@@ -28,7 +28,7 @@ from crowdtrain.averaging.grid import GridGroups
 from crowdtrain.averaging.link_aware import AveragingPlan
 from crowdtrain.averaging.rounds import round_of
 from crowdtrain.config import IntegrityConfig, RunConfig
-from crowdtrain.dht.publish import ban_publisher, struck_reader
+from crowdtrain.dht.publish import ban_publisher
 from crowdtrain.peers.identity import Identity
 from crowdtrain.swarm.backoff import Backoff
 from crowdtrain.swarm.tracker import BoundedProgressTracker
@@ -97,9 +97,7 @@ class SwarmOptimizer(hivemind.Optimizer):
             kwargs["grad_averager_factory"], self._state_averager_factory = gated_averager_factories(
                 kwargs["dht"], access)
         elif self._integrity is not None:
-            self._state_averager_factory = functools.partial(
-                RobustTrainingStateAverager, integrity=self._integrity,
-                struck_elsewhere=struck_reader(kwargs["dht"], kwargs["run_id"], str(kwargs["dht"].peer_id)))
+            self._state_averager_factory = functools.partial(RobustTrainingStateAverager, integrity=self._integrity)
         super().__init__(**kwargs)
         self._download_backoff = Backoff()
         self.averaging_stats = AveragingStats()
