@@ -32,7 +32,6 @@ class EvalResult:
     "What a predictor that needs no training reaches on the same held-out set; None if the recipe has none."
 
 
-
 class Recipe(ABC):
     """A workload: model, per-peer data stream, loss, optimizer and one evaluation metric.
 
